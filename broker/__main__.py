@@ -1,0 +1,5 @@
+"""``python -m broker`` is the same as the ``broker`` console script."""
+
+from broker.cli.main import main
+
+raise SystemExit(main())
