@@ -1,0 +1,120 @@
+"""The one HTTP transport of every flow: aiohttp, with timeouts and errors mapped.
+
+Outbound requests honour ``HTTPS_PROXY``/``NO_PROXY`` (the session is created with
+``trust_env=True``) and an explicit per-provider ``proxy``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from flows.errors import TransportError
+
+DEFAULT_TIMEOUT = 30.0
+USER_AGENT = "broker/0.1"
+MAX_BODY = 1 << 20
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A session for outbound calls; one per daemon, shared by every flow."""
+    return aiohttp.ClientSession(
+        trust_env=True,
+        timeout=aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT, sock_connect=10),
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    text: str = field(repr=False)
+    url: str = ""
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object, or a TransportError that says what came instead."""
+        try:
+            value = json.loads(self.text)
+        except ValueError:
+            kind = "an HTML page" if self.text.lstrip()[:1] == "<" else "a non-JSON body"
+            raise TransportError(
+                f"{self.url} answered HTTP {self.status} with {kind} instead of JSON "
+                "(a proxy or firewall in the way?)",
+                status=self.status,
+            ) from None
+        if not isinstance(value, dict):
+            raise TransportError(f"{self.url} answered with JSON that is not an object", self.status)
+        return value
+
+    def retry_after(self) -> float | None:
+        value = self.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None
+
+
+class HttpClient:
+    """Requests with a bounded time, where every network fault becomes a TransportError."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        proxy: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.session = session
+        self.proxy = proxy
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        form: str | Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        all_headers = {"Accept": "application/json", **self.headers, **(headers or {})}
+        data: Any = None
+        if form is not None:
+            data = form
+            all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=data,
+                json=json_body,
+                headers=all_headers,
+                proxy=self.proxy,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                body = await response.content.read(MAX_BODY)
+                return HttpResponse(
+                    status=response.status,
+                    headers=dict(response.headers),
+                    text=body.decode("utf-8", errors="replace"),
+                    url=_without_query(url),
+                )
+        except TimeoutError:
+            raise TransportError(f"{_without_query(url)} did not answer within {self.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{_without_query(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def _without_query(url: str) -> str:
+    """URLs in messages lose their query: it can carry codes."""
+    return url.split("?", 1)[0]

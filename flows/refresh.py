@@ -1,0 +1,35 @@
+"""Refreshing an access token, RFC 6749 §6.
+
+Rotation-aware: when the answer carries a new refresh token the old one is dead
+(single-use tokens: Codex, Claude, Kimi), so the caller must persist the returned
+``TokenSet`` before it serves the access token. When the answer omits the refresh
+token (Google), the old one stays valid and is carried over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from flows.http import HttpClient
+from flows.token import OAuthClient, TokenSet, request_token
+
+
+async def refresh(
+    http: HttpClient,
+    token_endpoint: str,
+    client: OAuthClient,
+    refresh_token: str,
+    *,
+    now: float,
+    scopes: Sequence[str] = (),
+    extra: Mapping[str, str] | None = None,
+) -> TokenSet:
+    """Redeem ``refresh_token`` once; raises OAuthError (e.g. ``invalid_grant``) or TransportError."""
+    params: dict[str, str | Sequence[str] | None] = {"refresh_token": refresh_token, **(extra or {})}
+    if scopes:
+        params["scope"] = " ".join(scopes)
+    tokens = await request_token(http, token_endpoint, client, "refresh_token", params, now=now)
+    if tokens.refresh_token is None:
+        tokens = dataclasses.replace(tokens, refresh_token=refresh_token)
+    return tokens
