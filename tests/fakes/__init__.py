@@ -1,0 +1,1 @@
+"""Test doubles that speak real protocols (see ``oauth_server``)."""
