@@ -405,9 +405,7 @@ class Section:
             raise self.error(key, _choice_message(value, choices))
         return value
 
-    def str_list(
-        self, key: builtins.str, default: Sequence[builtins.str] = ()
-    ) -> builtins.tuple[builtins.str, ...]:
+    def str_list(self, key: builtins.str, default: Sequence[builtins.str] = ()) -> builtins.tuple[builtins.str, ...]:
         """An array of strings. A lone string is refused rather than split: ``["a", "b"]``."""
         if key not in self.data:
             return tuple(default)
@@ -460,9 +458,7 @@ class Section:
     def sections(self) -> builtins.dict[builtins.str, Section]:
         """Every sub-table, in file order (e.g. all ``[providers.*]``)."""
         return {
-            k: Section((*self.path, k), v, self.source)
-            for k, v in self.data.items()
-            if isinstance(v, builtins.dict)
+            k: Section((*self.path, k), v, self.source) for k, v in self.data.items() if isinstance(v, builtins.dict)
         }
 
     def check_keys(self, allowed: Iterable[builtins.str]) -> None:
@@ -492,12 +488,7 @@ def _url_problem(value: str) -> str | None:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         parts = None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or any(c.isspace() for c in value)
-    ):
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
         shown = value if parts is None or not parts.password else value.replace(parts.password, "***")
         return f"must be an absolute http:// or https:// URL with a host (got {_quote(shown)})"
     return None
@@ -603,9 +594,7 @@ def read_source(env: Mapping[str, str] = os.environ) -> ConfigSource:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"{shown}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})", FILE_HINT
-        ) from None
+        raise ConfigError(f"{shown}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})", FILE_HINT) from None
     return ConfigSource(path, text, env)
 
 

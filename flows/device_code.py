@@ -109,9 +109,7 @@ async def poll(
             raise OAuthError("expired_token", "the device code expired before the user approved it")
         await sleep(min(interval, max(0.0, deadline - now())))
         try:
-            return await request_token(
-                http, device.token_endpoint, device.client, GRANT_TYPE, params, now=now()
-            )
+            return await request_token(http, device.token_endpoint, device.client, GRANT_TYPE, params, now=now())
         except OAuthError as exc:
             if exc.error == "authorization_pending":
                 continue
@@ -120,15 +118,11 @@ async def poll(
                 continue
             raise
         except TransportError as exc:
-            transport_backoff = min(
-                MAX_TRANSPORT_BACKOFF, max(transport_backoff * 2, exc.retry_after or 0.0, 1.0)
-            )
+            transport_backoff = min(MAX_TRANSPORT_BACKOFF, max(transport_backoff * 2, exc.retry_after or 0.0, 1.0))
             await sleep(min(transport_backoff, max(0.0, deadline - now())))
 
 
-async def run(
-    http: HttpClient, device: DeviceClient, on_verify: OnVerify, *, now: Now, sleep: Sleep
-) -> TokenSet:
+async def run(http: HttpClient, device: DeviceClient, on_verify: OnVerify, *, now: Now, sleep: Sleep) -> TokenSet:
     """The whole grant: authorize, show the code, poll."""
     grant = await authorize(http, device)
     await on_verify(grant)

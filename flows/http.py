@@ -43,8 +43,7 @@ class HttpResponse:
         except ValueError:
             kind = "an HTML page" if self.text.lstrip()[:1] == "<" else "a non-JSON body"
             raise TransportError(
-                f"{self.url} answered HTTP {self.status} with {kind} instead of JSON "
-                "(a proxy or firewall in the way?)",
+                f"{self.url} answered HTTP {self.status} with {kind} instead of JSON (a proxy or firewall in the way?)",
                 status=self.status,
             ) from None
         if not isinstance(value, dict):

@@ -238,9 +238,7 @@ def test_url_error_hides_a_password(env: dict[str, str]) -> None:
     assert "hunter2" not in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "url", ["example.com/api", "https://", "http://:80/x", "https://h:99999/", "https://a b/"]
-)
+@pytest.mark.parametrize("url", ["example.com/api", "https://", "http://:80/x", "https://h:99999/", "https://a b/"])
 def test_url_without_scheme_or_host_is_refused(env: dict[str, str], url: str) -> None:
     s = load(env, f'[providers.acme]\nurl = "{url}"\n').providers["acme"]
     with pytest.raises(ConfigError, match=r":2: providers\.acme\.url: must be an absolute"):
@@ -284,9 +282,7 @@ def test_invalid_utf8_reports_the_line(env: dict[str, str]) -> None:
 
 def test_misspelt_key_gets_a_did_you_mean(env: dict[str, str]) -> None:
     error = config_error(env, "[daemon]\n\nlog_levle = 'info'\n")
-    assert str(error) == (
-        f'{env["BROKER_CONFIG"]}:3: daemon.log_levle: unknown key (did you mean "log_level"?)'
-    )
+    assert str(error) == (f'{env["BROKER_CONFIG"]}:3: daemon.log_levle: unknown key (did you mean "log_level"?)')
     assert "log_level, socket" in error.hint
 
 
@@ -350,9 +346,7 @@ def test_provider_section_typed_getters_return_values(env: dict[str, str]) -> No
     assert s.str_table("headers") == {"X-A": "1", "X-B": "2"}
     assert s.url("authorize_url") == "https://auth.example.com/authorize"
     assert s.section("token").url("url") == "https://auth.example.com/token"
-    s.check_keys(
-        ["flow", "client_id", "port", "timeout", "verify", "scopes", "headers", "authorize_url", "token"]
-    )
+    s.check_keys(["flow", "client_id", "port", "timeout", "verify", "scopes", "headers", "authorize_url", "token"])
 
 
 def test_provider_section_defaults_apply_to_absent_keys(env: dict[str, str]) -> None:
