@@ -1,0 +1,183 @@
+"""Where the file store's 32-byte AES key comes from.
+
+Order: a systemd credential (``$CREDENTIALS_DIRECTORY/broker.key``), then the OS keyring
+when a real one answers, then a 0600 key file beside the store. A key is only ever
+created for a store that has no file yet: a fresh key can never open an existing file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Protocol
+
+from keyring.backend import KeyringBackend
+
+from broker.errors import StoreError
+from broker.store.keyring_store import backend_label
+
+KEY_BYTES = 32
+CREDENTIAL_NAME = "broker.key"
+KEYRING_USERNAME = "file-store-key"
+KEY_FILE_NAME = "key"
+
+
+class KeySource(Protocol):
+    kind: str
+    """``systemd-credential``, ``keyring`` or ``file``: recorded in the store's envelope."""
+
+    def describe(self) -> str:
+        """Where the key lives, for ``broker status`` (never the key itself)."""
+
+    def get(self, *, create: bool) -> bytes | None:
+        """The key, or ``None`` if there is none yet and ``create`` is false."""
+
+
+def parse_key(data: bytes, what: str) -> bytes:
+    """Accept 32 raw bytes or their base64, so a key can be made with ``head -c32`` or ``openssl``."""
+    if len(data) == KEY_BYTES:
+        return data
+    try:
+        key = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise StoreError(f"{what} is not a key: expected 32 bytes or their base64")
+    return key
+
+
+def tighten_mode(path: Path, mode: int) -> None:
+    """Drop group/other bits on a path we own; refuse one that someone else owns."""
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        raise StoreError(
+            f"{path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})",
+            hint="use a state directory of your own (set XDG_STATE_HOME)",
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, mode)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new name in ``path`` survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SystemdCredentialKey:
+    """A key systemd hands over (``LoadCredential=``/``SetCredentialEncrypted=``); read-only."""
+
+    kind = "systemd-credential"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def describe(self) -> str:
+        return f"key from systemd credential {self.path}"
+
+    def get(self, *, create: bool) -> bytes | None:
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read systemd credential {self.path}: {exc.strerror}") from None
+        return parse_key(data, f"systemd credential {self.path}")
+
+
+class KeyringKey:
+    """The key kept in the OS keyring, so nothing on disk alone opens the store."""
+
+    kind = "keyring"
+
+    def __init__(self, backend: KeyringBackend, service: str = "broker") -> None:
+        self.backend = backend
+        self.service = service
+
+    def describe(self) -> str:
+        return f"key from keyring {backend_label(self.backend)} (service {self.service})"
+
+    def get(self, *, create: bool) -> bytes | None:
+        where = f"the file-store key in the keyring (service {self.service}, username {KEYRING_USERNAME})"
+        try:
+            value = self.backend.get_password(self.service, KEYRING_USERNAME)
+            if value is None and create:
+                value = base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+                self.backend.set_password(self.service, KEYRING_USERNAME, value)
+        except Exception as exc:
+            raise StoreError(
+                f"cannot use {where}: {type(exc).__name__}: {exc}",
+                hint="unlock the keyring, or set BROKER_STORE=file",
+            ) from None
+        return None if value is None else parse_key(value.encode(), where)
+
+
+class FileKey:
+    """A 0600 key file in the 0700 state directory: the fallback when nothing better exists."""
+
+    kind = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def describe(self) -> str:
+        return f"key file {self.path}"
+
+    def get(self, *, create: bool) -> bytes | None:
+        try:
+            return self._read()
+        except FileNotFoundError:
+            if not create:
+                return None
+        self._create()
+        return self._read()
+
+    def _read(self) -> bytes:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"cannot read key file {self.path}: {exc.strerror}") from None
+        tighten_mode(self.path, 0o600)
+        return parse_key(data, f"key file {self.path}")
+
+    def _create(self) -> None:
+        # Written under a temporary name, then linked: the key file appears whole or not
+        # at all, and link() never replaces a key another writer made first.
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise StoreError(f"cannot create key file {self.path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def key_source(state_dir: Path, keyring_backend: KeyringBackend | None, service: str = "broker") -> KeySource:
+    """Pick the key source; a key file that already exists wins over an empty keyring."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
+        return SystemdCredentialKey(Path(cred_dir) / CREDENTIAL_NAME)
+    key_file = FileKey(state_dir / KEY_FILE_NAME)
+    if keyring_backend is None:
+        return key_file
+    in_keyring = KeyringKey(keyring_backend, service)
+    if key_file.path.exists() and in_keyring.get(create=False) is None:
+        return key_file
+    return in_keyring
