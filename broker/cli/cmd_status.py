@@ -1,0 +1,32 @@
+"""``broker status``: every credential with its state, expiry, source and last error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from broker.cli.connect import client
+from broker.cli.timefmt import until
+
+
+def run(args: argparse.Namespace) -> int:
+    with client(args) as daemon:
+        listing = daemon.request("GET", "/v1/providers")
+    if args.json:
+        json.dump(listing, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"store: {listing['store']}")
+    rows = [(p["name"], a) for p in listing["providers"] for a in p["accounts"]]
+    if not rows:
+        print("no credentials yet: broker login NAME   (see: broker providers)")
+    for name, account in rows:
+        print(f"{name:<12} {account['account']:<28} {account['state']:<15} expires {until(account['expires_in'])}")
+        print(f"{'':<12} source: {account['source']}")
+        error = account.get("last_error")
+        if error:
+            print(f"{'':<12} error: {error['code']}: {error['message']}")
+            if error.get("hint"):
+                print(f"{'':<12}        {error['hint']}")
+    return 0

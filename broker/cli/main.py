@@ -1,0 +1,101 @@
+"""Argument parsing and dispatch. Imports a command's module only when it runs.
+
+Client commands stay on the standard library; only ``serve`` loads the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from broker import __version__
+from broker.errors import BrokerError
+
+EPILOG = """\
+examples:
+  broker serve                        run the daemon in the foreground
+  broker login acme                   sign in (device code or browser, as the provider needs)
+  export OPENAI_API_KEY=$(broker token acme)
+  broker exec acme -- my-tool ...     run a tool with the provider's variables set
+
+exit status: 0 ok, 1 error, 2 bad usage or unknown provider, 3 login required,
+69 no daemon answers, 74 store error, 78 config error
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description="One daemon keeps every LLM credential fresh; tools fetch them from its socket.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"broker {__version__}")
+    parser.add_argument("--socket", metavar="PATH", help="daemon socket (default: $BROKER_SOCKET or the config's)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    login = commands.add_parser("login", help="sign in to a provider (the daemon runs the flow)")
+    login.add_argument("provider")
+    login.add_argument("--account", help="name this login (default: the account the provider reports)")
+    login.add_argument("--flow", help="pick a login flow the provider offers (see: broker providers)")
+    login.add_argument("--no-browser", action="store_true", help="do not open a browser; print the URL")
+    login.add_argument("--json", action="store_true", help="print one JSON event per line")
+    login.add_argument("--token-stdin", action="store_true", help="read a token or key from standard input")
+
+    logout = commands.add_parser("logout", help="forget a provider's credential")
+    logout.add_argument("provider")
+    logout.add_argument("--account")
+    logout.add_argument("--all", action="store_true", help="every account of the provider")
+
+    token = commands.add_parser("token", help="print a fresh access token")
+    token.add_argument("provider")
+    token.add_argument("--account")
+    token.add_argument("--min-ttl", type=float, metavar="SECONDS", help="refresh first if less is left (default 60)")
+    token.add_argument("--json", action="store_true", help="the whole object: token, expiry, base_url, api, headers")
+
+    env = commands.add_parser("env", help="print export lines for the provider's API style")
+    env.add_argument("provider")
+    env.add_argument("--account")
+    env.add_argument("--json", action="store_true")
+
+    run = commands.add_parser("exec", help="run a command with the provider's variables set")
+    run.add_argument("provider")
+    run.add_argument("--account")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+    refresh = commands.add_parser("refresh", help="refresh a credential now")
+    refresh.add_argument("provider")
+    refresh.add_argument("--account")
+    refresh.add_argument("--json", action="store_true")
+
+    status = commands.add_parser("status", help="every credential: state, expiry, source, last error")
+    status.add_argument("--json", action="store_true")
+
+    providers = commands.add_parser("providers", help="the providers broker knows and how to log in")
+    providers.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"broker.cli.cmd_{args.command}")
+    try:
+        status: int = module.run(args)
+        return status
+    except BrokerError as exc:
+        report(exc)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+def report(exc: BrokerError) -> None:
+    """An error for a person: what is wrong, then what to do."""
+    print(f"broker: {exc.code}: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  {exc.hint}", file=sys.stderr)

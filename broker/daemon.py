@@ -1,0 +1,152 @@
+"""Wires the parts into one daemon: store, credentials, refresher, logins, server.
+
+Also the process's life: SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the
+config, and systemd hears READY=1 / STATUS= / STOPPING=1 when it runs us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from broker.api import Api
+from broker.clock import Clock, SystemClock
+from broker.config import Settings, load_settings
+from broker.credentials import CredentialSet
+from broker.errors import BrokerError, ConfigError
+from broker.logins import Logins
+from broker.metrics import Metrics
+from broker.refresher import Refresher
+from broker.sdnotify import notify
+from broker.server import MAX_REQUEST_BYTES, bind_unix_socket, errors_as_json, same_uid_only
+from broker.store.base import Store
+from broker.store.select import open_store
+from flows.http import new_session
+from providers.base import ProviderContext
+from providers.registry import Registry, build_registry
+
+log = logging.getLogger("broker.daemon")
+
+SHUTDOWN_TIMEOUT = 1.5
+
+
+def systemd_socket() -> socket.socket | None:
+    """The listening socket systemd passed (sd_listen_fds(3)), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sock = socket.socket(fileno=3)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, store: Store | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store
+        self._registry: Registry = build_registry(settings.providers)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopped = asyncio.Event()
+        self.socket_path: Path | None = None
+
+    def registry(self) -> Registry:
+        return self._registry
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        if self.store is None:
+            self.store = await asyncio.to_thread(open_store, self.settings.store_backend, self.settings.state_dir)
+        self.credentials = CredentialSet(self.store)
+        await self.credentials.load()
+        self._session = new_session()
+        context = ProviderContext(session=self._session, now=self.clock.now, sleep=self.clock.sleep)
+        self.metrics = Metrics()
+        self.refresher = Refresher(
+            self.credentials, self.registry, context, self.clock, margin=self.settings.refresh_margin
+        )
+        self.logins = Logins(self.registry, self.credentials, self.refresher, context)
+        store = self.store
+        api = Api(
+            self.registry, self.credentials, self.refresher, self.logins, self.metrics, self.clock, store.describe
+        )
+        app = web.Application(middlewares=[same_uid_only, errors_as_json], client_max_size=MAX_REQUEST_BYTES)
+        app.add_routes(api.routes())
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await self._runner.setup()
+        if sock is None:
+            sock = systemd_socket()
+        if sock is None:
+            self.socket_path = self.settings.socket_path
+            sock = bind_unix_socket(self.socket_path)
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self.refresher.watch_all()
+        count = len(self.credentials.all())
+        log.info("ready socket=%s store=%s credentials=%d", self.socket_path or "systemd", store.name, count)
+        notify("READY=1", f"STATUS=serving {count} credential(s), store: {store.name}")
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        log.info("stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.refresher.close()
+        if self._session is not None:
+            await self._session.close()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
+        self._stopped.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; a bad file keeps the old one running."""
+        try:
+            settings = load_settings()
+            registry = build_registry(settings.providers)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the old config: %s", exc)
+            notify(f"STATUS=config reload failed: {exc}")
+            return
+        self.settings, self._registry = settings, registry
+        self.refresher.margin = settings.refresh_margin
+        for credential in self.credentials.all():
+            self.refresher.ensure_watched(credential.key)
+        log.info("config reloaded providers=%d", len(list(registry)))
+        notify("STATUS=config reloaded")
+
+
+async def run(settings: Settings) -> int:
+    """``broker serve``: run until SIGTERM or SIGINT."""
+    daemon = Daemon(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.start()
+    except BrokerError as exc:
+        log.error("cannot start: %s", exc.message)
+        if exc.hint:
+            log.error("hint: %s", exc.hint)
+        return exc.exit_status
+    await stop.wait()
+    await daemon.stop()
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    """One line per event on stderr; journald adds the time when systemd runs us."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,252 @@
+"""Keeps every credential fresh ahead of its expiry, one refresh at a time.
+
+- A timer per credential fires at ``expires_at - lead``, where ``lead`` is the larger
+  of the margin (60 s) and 10 % of the token's lifetime, minus a little jitter so
+  many credentials do not refresh in lockstep.
+- Single-flight: concurrent callers of ``refresh_now`` await the same task, so a
+  rotating refresh token is redeemed exactly once.
+- Transient faults retry with exponential backoff and jitter (honouring Retry-After);
+  a dead grant (``invalid_grant``) ends retries and marks the credential
+  ``login_required``. A still-valid token keeps being served meanwhile.
+- No sleep is longer than a minute and every decision re-reads the wall clock, so a
+  laptop's suspend cannot make a deadline slip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from broker.clock import Clock
+from broker.credentials import CredentialSet
+from broker.errors import BrokerError, LoginRequired, NotLoggedIn, StoreError
+from broker.model import Credential, CredentialKey
+from broker.upstream_errors import to_broker_error
+from flows.errors import FlowError, TransportError
+from providers.base import Provider, ProviderContext
+from providers.registry import Registry
+
+log = logging.getLogger("broker.refresher")
+
+LIFETIME_SHARE = 0.10
+JITTER_SHARE = 0.10
+MAX_JITTER = 30.0
+MAX_SLEEP = 60.0
+QUICK_RETRIES = 2
+QUICK_RETRY_MAX_WAIT = 5.0
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 300.0
+_random = secrets.SystemRandom()
+
+
+@dataclass
+class Status:
+    """What ``broker status`` shows of a credential's upkeep."""
+
+    state: str = "ready"
+    """``ready``, ``refreshing``, ``login_required`` or ``error``."""
+    last_error: BrokerError | None = None
+    next_refresh_at: float | None = None
+    last_refresh_at: float | None = None
+    failures: int = 0
+    refreshes: int = 0
+    attempts: int = 0
+
+
+def refresh_lead(credential: Credential, margin: float) -> float:
+    """Seconds before expiry at which a refresh is due (jitter excluded)."""
+    lifetime = 0.0
+    if credential.expires_at is not None and credential.issued_at is not None:
+        lifetime = max(0.0, credential.expires_at - credential.issued_at)
+    return max(margin, LIFETIME_SHARE * lifetime)
+
+
+def backoff_delay(failures: int) -> float:
+    """Exponential backoff with full jitter in its upper half."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, failures - 1)))
+    return _random.uniform(ceiling / 2, ceiling)
+
+
+class Refresher:
+    def __init__(
+        self,
+        credentials: CredentialSet,
+        registry: Callable[[], Registry],
+        context: ProviderContext,
+        clock: Clock,
+        *,
+        margin: float = 60.0,
+    ) -> None:
+        self.credentials = credentials
+        self.registry = registry
+        self.context = context
+        self.clock = clock
+        self.margin = margin
+        self._status: dict[CredentialKey, Status] = {}
+        self._timers: dict[CredentialKey, asyncio.Task[None]] = {}
+        self._inflight: dict[CredentialKey, asyncio.Task[Credential]] = {}
+        self._settled = asyncio.Condition()
+
+    def status(self, key: CredentialKey) -> Status:
+        return self._status.setdefault(key, Status())
+
+    def watch(self, key: CredentialKey) -> None:
+        """(Re)start the timer of a credential, e.g. after a login replaced it."""
+        self.forget(key)
+        self._status[key] = Status()
+        self._timers[key] = asyncio.create_task(self._keep_fresh(key), name=f"refresh {key[0]}/{key[1]}")
+
+    def ensure_watched(self, key: CredentialKey) -> None:
+        """Start the timer if it has ended (e.g. a manual refresh revived a dead login)."""
+        timer = self._timers.get(key)
+        if timer is None or timer.done():
+            self._timers[key] = asyncio.create_task(self._keep_fresh(key), name=f"refresh {key[0]}/{key[1]}")
+
+    def watch_all(self) -> None:
+        for credential in self.credentials.all():
+            self.watch(credential.key)
+
+    def forget(self, key: CredentialKey) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._status.pop(key, None)
+
+    async def close(self) -> None:
+        tasks = [*self._timers.values(), *self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._timers.clear()
+
+    async def fresh(self, key: CredentialKey, min_ttl: float) -> Credential:
+        """A credential with at least ``min_ttl`` seconds left, refreshing first if needed.
+
+        When the refresh fails but the current token has not expired, that token is
+        served: a short-lived token beats none.
+        """
+        credential = self.credentials.get(key)
+        if credential is None:
+            raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
+        now = self.clock.now()
+        if credential.remaining(now) >= min_ttl:
+            return credential
+        provider = self.registry().get(credential.provider)
+        status = self.status(key)
+        if not provider.can_refresh(credential) or status.state == "login_required":
+            if credential.remaining(now) > 0:
+                return credential
+            raise status.last_error or LoginRequired(
+                f"{key[0]}: the token expired and cannot be refreshed", f"run: broker login {key[0]}"
+            )
+        try:
+            return await self.refresh_now(key)
+        except BrokerError:
+            if credential.remaining(self.clock.now()) > 0:
+                return credential
+            raise
+
+    async def refresh_now(self, key: CredentialKey) -> Credential:
+        """Refresh once; concurrent callers share the one request in flight."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._refresh_once(key), name=f"refresh-now {key[0]}/{key[1]}")
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: CredentialKey, task: asyncio.Task[Credential]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: callers that went away must not cause a warning
+
+    async def wait_attempts(self, key: CredentialKey, count: int) -> Status:
+        """Return once ``count`` refresh attempts of ``key`` have ended, whatever their outcome."""
+        async with self._settled:
+            await self._settled.wait_for(lambda: self.status(key).attempts >= count)
+        return self.status(key)
+
+    async def _refresh_once(self, key: CredentialKey) -> Credential:
+        try:
+            return await self._attempt(key)
+        finally:
+            self.status(key).attempts += 1
+            async with self._settled:
+                self._settled.notify_all()
+
+    async def _attempt(self, key: CredentialKey) -> Credential:
+        credential = self.credentials.get(key)
+        if credential is None:
+            raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
+        provider = self.registry().get(credential.provider)
+        status = self.status(key)
+        status.state = "refreshing"
+        try:
+            fresh = await self._call_provider(provider, credential)
+        except BrokerError as exc:
+            status.last_error = exc
+            status.failures += 1
+            status.state = "login_required" if isinstance(exc, LoginRequired) else "error"
+            log.warning("refresh failed provider=%s account=%s code=%s: %s", key[0], key[1], exc.code, exc.message)
+            raise
+        try:
+            await self.credentials.put(fresh)
+        except StoreError as exc:
+            status.state, status.last_error = "error", exc
+            log.error("refreshed but not persisted provider=%s account=%s: %s", key[0], key[1], exc)
+            raise
+        status.state, status.last_error, status.failures = "ready", None, 0
+        status.last_refresh_at = self.clock.now()
+        status.refreshes += 1
+        log.info("refreshed provider=%s account=%s expires_in=%s", key[0], key[1], _expires_in(fresh, self.clock))
+        return fresh
+
+    async def _call_provider(self, provider: Provider, credential: Credential) -> Credential:
+        """The provider's refresh, with a few quick retries for transient faults."""
+        for attempt in range(QUICK_RETRIES + 1):
+            try:
+                return await provider.refresh(self.context, credential)
+            except TransportError as exc:
+                delay = exc.retry_after if exc.retry_after is not None else backoff_delay(attempt + 1) / 4
+                if attempt == QUICK_RETRIES or delay > QUICK_RETRY_MAX_WAIT:
+                    raise to_broker_error(exc, provider.name, "refresh") from None
+                await self.clock.sleep(delay)
+            except FlowError as exc:
+                raise to_broker_error(exc, provider.name, "refresh") from None
+        raise AssertionError("unreachable")
+
+    async def _keep_fresh(self, key: CredentialKey) -> None:
+        """The timer loop of one credential."""
+        while True:
+            credential = self.credentials.get(key)
+            if credential is None or credential.expires_at is None:
+                return
+            provider = self.registry().get(credential.provider)
+            status = self.status(key)
+            if not provider.can_refresh(credential) or status.state == "login_required":
+                return
+            if status.failures:
+                due = self.clock.now() + backoff_delay(status.failures)
+            else:
+                lead = refresh_lead(credential, self.margin)
+                due = credential.expires_at - lead - _random.uniform(0, min(MAX_JITTER, JITTER_SHARE * lead))
+            status.next_refresh_at = due
+            await self._sleep_until(due)
+            if self.credentials.get(key) is not credential:
+                continue  # replaced meanwhile (a login, an on-demand refresh): plan again
+            try:
+                await self.refresh_now(key)
+            except BrokerError:
+                continue
+
+    async def _sleep_until(self, deadline: float) -> None:
+        while (left := deadline - self.clock.now()) > 0:
+            await self.clock.sleep(min(left, MAX_SLEEP))
+
+
+def _expires_in(credential: Credential, clock: Clock) -> str:
+    return "never" if credential.expires_at is None else f"{credential.expires_at - clock.now():.0f}s"

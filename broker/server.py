@@ -1,0 +1,138 @@
+"""The socket API's HTTP server: aiohttp on a Unix socket, peers checked by uid.
+
+The daemon binds the socket itself (dir 0700, socket 0600) or takes the one systemd
+passes; either way the listening socket reaches aiohttp through ``SockSite``, so there
+is one server code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from broker.errors import BadRequest, BrokerError, DaemonUnavailable, Forbidden
+
+log = logging.getLogger("broker.server")
+
+MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_TIMEOUT = 60.0
+_PEERCRED = struct.Struct("3i")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_uid(request: web.Request) -> int | None:
+    """The uid of the process on the other end of the Unix socket (SO_PEERCRED)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return int(_PEERCRED.unpack(data)[1])
+
+
+@web.middleware
+async def same_uid_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    uid = peer_uid(request)
+    if uid != os.getuid():
+        log.warning("refused a peer with uid=%s", uid)
+        return error_response(Forbidden("only the user who runs the daemon may use it"))
+    return await handler(request)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the API's JSON error body; nothing else leaks out."""
+    try:
+        if request.path.startswith("/v1/login/") and request.method == "POST":
+            return await handler(request)  # a login waits for a person: bounded by the flow itself
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            return await handler(request)
+    except BrokerError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(BadRequest(f"request body over {MAX_REQUEST_BYTES} bytes"), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        body = {"error": {"code": code, "message": exc.reason, "hint": "see the socket API in README.md"}}
+        return web.json_response(body, status=exc.status)
+    except TimeoutError:
+        return error_response(DaemonUnavailable("the request took too long", "try again"), status=504)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(BrokerError("internal error", "see the daemon's log"))
+
+
+def error_response(exc: BrokerError, status: int | None = None) -> web.Response:
+    return web.json_response(exc.to_wire(), status=status or exc.status)
+
+
+async def read_json(request: web.Request) -> dict[str, object]:
+    """A JSON object body, or ``{}`` for an empty body; anything else is bad_request."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """A listening socket at ``path`` in a 0700 directory, itself 0600.
+
+    A stale socket left by a killed daemon is replaced; a live one is an error, so
+    two daemons never fight over one path.
+    """
+    ensure_private_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise DaemonUnavailable(f"{path} exists and is not a socket", "remove it or set BROKER_SOCKET")
+        if _answers(path):
+            raise DaemonUnavailable(f"another broker daemon already listens on {path}", "stop it first")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` 0700, or tighten one we own; refuse one owned by another uid."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.getuid():
+        raise DaemonUnavailable(f"{directory} belongs to another user", "set BROKER_SOCKET to a path of yours")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(directory, 0o700)
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

@@ -1,0 +1,40 @@
+"""Turns what a grant raised into the broker error a person or a client sees."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from broker.errors import (
+    BrokerError,
+    LoginFailed,
+    LoginRequired,
+    RefreshFailed,
+    UpstreamUnavailable,
+)
+from flows.errors import FlowError, OAuthError, RedirectError, TransportError
+
+DEAD_GRANT = {"invalid_grant", "refresh_token_reused", "invalid_token", "token_expired"}
+
+
+def to_broker_error(exc: FlowError, provider: str, during: Literal["login", "refresh"]) -> BrokerError:
+    login_hint = f"run: broker login {provider}"
+    if isinstance(exc, TransportError):
+        return UpstreamUnavailable(f"{provider}: {exc}", "it is retried by itself; check the network or proxy")
+    if isinstance(exc, RedirectError):
+        return LoginFailed(f"{provider}: {exc}", f"start again: broker login {provider}")
+    if not isinstance(exc, OAuthError):
+        return LoginFailed(f"{provider}: {exc}") if during == "login" else RefreshFailed(f"{provider}: {exc}")
+    text = f"{provider}: the server answered {exc}"
+    if exc.error == "invalid_client":
+        return (LoginFailed if during == "login" else RefreshFailed)(
+            text, f"check client_id and client_secret under [providers.{provider}] in the config"
+        )
+    if during == "refresh":
+        if exc.error in DEAD_GRANT:
+            return LoginRequired(f"{provider}: the login is no longer valid ({exc})", login_hint)
+        return RefreshFailed(text, login_hint)
+    if exc.error == "access_denied":
+        return LoginFailed(f"{provider}: the sign-in was denied", f"to try again: broker login {provider}")
+    if exc.error == "expired_token":
+        return LoginFailed(f"{provider}: the code expired before it was approved", login_hint)
+    return LoginFailed(text, login_hint)

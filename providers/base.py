@@ -1,0 +1,92 @@
+"""What every provider offers the daemon, and what the daemon hands a provider."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from broker.model import Credential
+from flows.http import HttpClient
+from flows.pkce import PkceLogin
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+"""Sends one login event (``verify``, ``open``, ...) to whoever started the login."""
+
+
+@dataclass
+class ProviderContext:
+    """The daemon's services a provider may use: outbound HTTP and the clock."""
+
+    session: aiohttp.ClientSession
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+    def http(self, *, proxy: str | None = None, headers: Mapping[str, str] | None = None) -> HttpClient:
+        return HttpClient(self.session, proxy=proxy, headers=headers)
+
+
+@dataclass
+class LoginContext(ProviderContext):
+    """A login in progress: events go back to the client that asked for it."""
+
+    emit: Emit = field(kw_only=True)
+    register_pkce: Callable[[PkceLogin], str] = field(kw_only=True)
+    """Makes a pending code-grant login reachable for a pasted redirect; returns its id."""
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """What the user asked for with ``broker login NAME [options]``."""
+
+    account: str | None = None
+    flow: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    """A pasted personal access token or API key."""
+
+
+class Provider(abc.ABC):
+    """One LLM service. Subclasses are mostly data; code only where the service differs."""
+
+    name: str
+    api: str
+    base_url: str | None
+    flows: tuple[str, ...]
+    description: str = ""
+    auth: str = "bearer"
+    """How clients send the token: ``bearer``, ``x-api-key``, ``api-key`` or ``none``."""
+
+    @abc.abstractmethod
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        """Run an interactive login and return the new credential."""
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        """A fresh credential; the default is for tokens that never expire."""
+        return credential
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return False
+
+    def served(self, credential: Credential) -> Mapping[str, Any]:
+        """Fields of the token answer derived from the credential (base URL, headers, API)."""
+        return {
+            "base_url": credential.base_url or self.base_url,
+            "api": credential.api or self.api,
+            "headers": dict(credential.headers),
+            "auth": self.auth,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The provider as ``broker providers --json`` shows it."""
+        return {
+            "name": self.name,
+            "api": self.api,
+            "base_url": self.base_url,
+            "flows": list(self.flows),
+            "auth": self.auth,
+            "description": self.description,
+            "login": f"broker login {self.name}",
+        }
