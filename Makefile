@@ -1,0 +1,38 @@
+# One entry point for people and CI: `make serve`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup serve test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+## Run the daemon in the foreground with defaults (no config file needed).
+serve: setup
+	$(VENV)/bin/broker serve
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## Lint, type-check, then the whole suite; keyring tests run on a real Secret Service
+## when dbus and gnome-keyring are installed (CI requires them: BROKER_REQUIRE_KEYRING=1).
+test: lint
+	@if command -v dbus-run-session >/dev/null && command -v gnome-keyring-daemon >/dev/null; then \
+		runner=tests/run-with-keyring; else runner=; \
+		echo "dbus/gnome-keyring not installed: keyring tests will be skipped"; fi; \
+	$$runner $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests ran"; status=0; fi; exit $$status
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
