@@ -23,7 +23,7 @@ from providers.base import LoginRequest, Provider
 from providers.registry import Registry
 
 DEFAULT_MIN_TTL = 60.0
-LOGIN_FIELDS = {"account", "flow", "secret"}
+LOGIN_FIELDS = {"account", "flow", "secret", "enterprise_url"}
 
 
 @dataclass
@@ -85,6 +85,7 @@ class Api:
             account=_optional_str(body, "account"),
             flow=_optional_str(body, "flow"),
             secret=_optional_str(body, "secret"),
+            enterprise_url=_optional_str(body, "enterprise_url"),
         )
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
         await response.prepare(request)

@@ -53,7 +53,7 @@ class Daemon:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store = store
-        self._registry: Registry = build_registry(settings.providers)
+        self._registry: Registry = build_registry(settings.root.section("providers"))
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stopped = asyncio.Event()
@@ -110,7 +110,7 @@ class Daemon:
         """SIGHUP: re-read the config; a bad file keeps the old one running."""
         try:
             settings = load_settings()
-            registry = build_registry(settings.providers)
+            registry = build_registry(settings.root.section("providers"))
         except ConfigError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
             notify(f"STATUS=config reload failed: {exc}")

@@ -46,6 +46,8 @@ class LoginRequest:
     flow: str | None = None
     secret: str | None = field(default=None, repr=False)
     """A pasted personal access token or API key."""
+    enterprise_url: str | None = None
+    """GitHub Enterprise or self-managed GitLab host, for providers that have one."""
 
 
 class Provider(abc.ABC):
@@ -58,6 +60,10 @@ class Provider(abc.ABC):
     description: str = ""
     auth: str = "bearer"
     """How clients send the token: ``bearer``, ``x-api-key``, ``api-key`` or ``none``."""
+    secret_prompt: str | None = None
+    """For logins that take a pasted secret (``pat``, ``apikey``): what the CLI asks for."""
+    secret_env: str | None = None
+    """An environment variable the CLI may read that secret from (e.g. ``GITLAB_TOKEN``)."""
 
     @abc.abstractmethod
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
@@ -89,4 +95,6 @@ class Provider(abc.ABC):
             "auth": self.auth,
             "description": self.description,
             "login": f"broker login {self.name}",
+            "secret_prompt": self.secret_prompt,
+            "secret_env": self.secret_env,
         }

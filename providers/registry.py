@@ -1,4 +1,9 @@
-"""Maps provider names to providers: the built-ins plus what the config adds."""
+"""Maps provider names to providers: the built-ins, configured or not, plus config's own.
+
+A built-in (``copilot``, ``codex``, ...) reads its optional ``[providers.NAME]`` table
+for overrides; any other ``[providers.NAME]`` table needs a ``type`` that picks its
+factory (``oauth`` for any OAuth 2.0 server).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ from providers.custom import CustomOAuthProvider
 
 ProviderFactory = Callable[[str, Section], Provider]
 
+BUILTINS: Mapping[str, ProviderFactory] = {}
+"""Providers broker knows without any config, by name."""
+
 CONFIG_TYPES: Mapping[str, ProviderFactory] = {
     "oauth": CustomOAuthProvider.from_config,
 }
+"""Factories for ``[providers.NAME] type = ...`` tables."""
 
 
 class Registry:
@@ -39,10 +48,12 @@ class Registry:
         return name in self._providers
 
 
-def build_registry(sections: Mapping[str, Section]) -> Registry:
-    """One provider per ``[providers.NAME]`` table; its ``type`` picks the factory."""
-    providers: dict[str, Provider] = {}
-    for name, section in sections.items():
+def build_registry(providers: Section) -> Registry:
+    """Every built-in (with its overrides), then one provider per other ``[providers.NAME]``."""
+    built: dict[str, Provider] = {name: factory(name, providers.section(name)) for name, factory in BUILTINS.items()}
+    for name, section in providers.sections().items():
+        if name in BUILTINS:
+            continue
         kind = section.choice("type", tuple(CONFIG_TYPES))
-        providers[name] = CONFIG_TYPES[kind](name, section)
-    return Registry(providers)
+        built[name] = CONFIG_TYPES[kind](name, section)
+    return Registry(built)

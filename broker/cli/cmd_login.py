@@ -23,11 +23,9 @@ from broker.errors import BadRequest, BrokerError, from_wire
 
 
 def run(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"account": args.account, "flow": args.flow}
-    if args.token_stdin:
-        secret = sys.stdin.readline().strip()
-        if not secret:
-            raise BadRequest("nothing on standard input", "pipe the token in: ... | broker login NAME --token-stdin")
+    body: dict[str, Any] = {"account": args.account, "flow": args.flow, "enterprise_url": args.enterprise_url}
+    secret = _secret(args)
+    if secret:
         body["secret"] = secret
     path = f"/v1/login/{quote(args.provider, safe='')}"
     stop = threading.Event()
@@ -47,6 +45,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         report(error)
     return 1
+
+
+def _secret(args: argparse.Namespace) -> str | None:
+    """The token or key a ``pat``/``apikey`` login needs: stdin, its env variable, or a hidden prompt."""
+    if args.token_stdin:
+        secret = sys.stdin.readline().strip()
+        if not secret:
+            raise BadRequest("nothing on standard input", "pipe the token in: ... | broker login NAME --token-stdin")
+        return secret
+    with client(args) as daemon:
+        listing = daemon.request("GET", "/v1/providers")
+    provider = next((p for p in listing["providers"] if p["name"] == args.provider), None)
+    if provider is None or not provider.get("secret_prompt"):
+        return None
+    if provider.get("secret_env") and os.environ.get(provider["secret_env"]):
+        return os.environ[provider["secret_env"]].strip()
+    if not sys.stdin.isatty():
+        hint = f"pipe it in with --token-stdin, or set {provider.get('secret_env') or 'it'}"
+        raise BadRequest(f"{args.provider} needs a {provider['secret_prompt']}", hint)
+    import getpass
+
+    return getpass.getpass(f"{provider['secret_prompt']}: ").strip() or None
 
 
 def _handle(args: argparse.Namespace, event: dict[str, Any], stop: threading.Event) -> int | None:

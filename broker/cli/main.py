@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--flow", help="pick a login flow the provider offers (see: broker providers)")
     login.add_argument("--no-browser", action="store_true", help="do not open a browser; print the URL")
     login.add_argument("--json", action="store_true", help="print one JSON event per line")
+    login.add_argument("--device", action="store_const", const="device", dest="flow", help="same as --flow device")
+    login.add_argument("--enterprise-url", metavar="URL", help="GitHub Enterprise or self-managed GitLab host")
     login.add_argument("--token-stdin", action="store_true", help="read a token or key from standard input")
 
     logout = commands.add_parser("logout", help="forget a provider's credential")
