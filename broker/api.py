@@ -49,13 +49,20 @@ class Api:
         ]
 
     async def health(self, request: web.Request) -> web.Response:
+        error = self.credentials.load_error
         return web.json_response(
-            {"status": "ok", "version": __version__, "pid": os.getpid(), "store": self.store_description()}
+            {
+                "status": "degraded" if error else "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "store": self.store_description(),
+                "store_error": None if error is None else error.to_wire()["error"],
+            }
         )
 
     async def token(self, request: web.Request) -> web.Response:
-        provider, key = self._resolve(request)
         min_ttl = _number(request.query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
+        provider, key = self._resolve(request)
         credential = await self.refresher.fresh(key, min_ttl)
         return web.json_response(self._token_body(provider, credential))
 
@@ -70,7 +77,14 @@ class Api:
             state = self._account_state(credential)
             state.update(state="error", last_error={"code": "unknown_provider", "message": "no longer configured"})
             listed.append({"name": credential.provider, "state": "error", "accounts": [state]})
-        return web.json_response({"providers": listed, "store": self.store_description()})
+        error = self.credentials.load_error
+        return web.json_response(
+            {
+                "providers": listed,
+                "store": self.store_description(),
+                "store_error": None if error is None else error.to_wire()["error"],
+            }
+        )
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["provider"]
@@ -155,7 +169,7 @@ class Api:
         if account is None:
             accounts = self.credentials.accounts(name)
             if not accounts:
-                raise NotLoggedIn(f"{name}: not logged in", f"run: broker login {name}")
+                raise self.credentials.load_error or NotLoggedIn(f"{name}: not logged in", f"run: broker login {name}")
             account = accounts[0]
         return provider, (name, account)
 

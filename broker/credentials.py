@@ -7,9 +7,13 @@ never served that a crash could lose (a rotated refresh token above all).
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from broker.errors import StoreError
 from broker.model import Credential, CredentialKey
 from broker.store.base import Store
+
+log = logging.getLogger("broker.store")
 
 
 class CredentialSet:
@@ -17,10 +21,22 @@ class CredentialSet:
         self.store = store
         self._live: dict[CredentialKey, Credential] = {}
         self._changed = asyncio.Condition()
+        self.load_error: StoreError | None = None
+        """Why the store could not be read at start; the daemon serves on and says so."""
 
     async def load(self) -> None:
-        """Read every credential from the store (blocking I/O off the loop)."""
-        for credential in await asyncio.to_thread(self.store.load):
+        """Read every credential from the store (blocking I/O off the loop).
+
+        An unreadable store does not stop the daemon: it starts empty, reports the
+        error wherever a credential is asked for, and never writes over the file.
+        """
+        try:
+            credentials = await asyncio.to_thread(self.store.load)
+        except StoreError as exc:
+            self.load_error = exc
+            log.error("store unreadable: %s (%s)", exc.message, exc.hint)
+            return
+        for credential in credentials:
             self._live[credential.key] = credential
 
     def get(self, key: CredentialKey) -> Credential | None:
@@ -36,6 +52,7 @@ class CredentialSet:
     async def put(self, credential: Credential) -> None:
         """Persist, then serve."""
         await asyncio.to_thread(self.store.put, credential)
+        self.load_error = None
         self._live[credential.key] = credential
         await self._notify()
 

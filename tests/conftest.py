@@ -34,7 +34,7 @@ class DaemonProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
         self.socket_path = Path(env["BROKER_SOCKET"])
-        self.config_path = Path(env["BROKER_CONFIG"])
+        self.config_path = Path(env.get("BROKER_CONFIG", root / "config.toml"))
         self.state_dir = Path(env["BROKER_STATE_DIR"])
 
     def write_config(self, text: str) -> None:

@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     print(f"store: {listing['store']}")
+    if listing.get("store_error"):
+        error = listing["store_error"]
+        print(f"store error: {error['message']}\n  {error['hint']}")
     rows = [(p["name"], a) for p in listing["providers"] for a in p["accounts"]]
     if not rows:
         print("no credentials yet: broker login NAME   (see: broker providers)")

@@ -1,0 +1,103 @@
+"""Refresh through the CLI and the daemon process: rotation, dead grants, restarts."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import DaemonProcess, acme_config
+from tests.fakes.oauth_server import FakeOAuthServer
+from tests.helpers import device_login
+
+
+def token_json(daemon: DaemonProcess, *args: str) -> dict[str, object]:
+    result = daemon.cli("token", "acme", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def stored_refresh_token(daemon: DaemonProcess) -> str:
+    from broker.store.file_store import FileStore
+    from broker.store.keys import FileKey
+
+    store = FileStore(daemon.state_dir, FileKey(daemon.state_dir / "key"))
+    (credential,) = store.load()
+    assert credential.refresh_token
+    return credential.refresh_token
+
+
+def test_refresh_rotates_and_the_old_refresh_token_is_rejected(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    first_access = token_json(daemon)["access_token"]
+    first_refresh = stored_refresh_token(daemon)
+
+    refreshed = daemon.cli("refresh", "acme")
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert "refreshed" in refreshed.stdout
+
+    second_refresh = stored_refresh_token(daemon)
+    assert second_refresh != first_refresh
+    assert not oauth.valid_refresh_token(first_refresh)
+    assert oauth.valid_refresh_token(second_refresh)
+    second_access = token_json(daemon)["access_token"]
+    assert second_access != first_access and oauth.valid_access_token(str(second_access))
+
+
+def test_min_ttl_above_the_remaining_lifetime_refreshes_first(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    before = token_json(daemon)
+    after = token_json(daemon, "--min-ttl", "7200")
+    assert after["access_token"] != before["access_token"]
+    assert oauth.grant_counts["refresh_token"] == 1
+
+
+def test_restart_keeps_credentials_and_the_rotated_refresh_token(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    assert daemon.cli("refresh", "acme").returncode == 0
+    token = token_json(daemon)["access_token"]
+    daemon.restart()
+    assert token_json(daemon)["access_token"] == token
+    assert daemon.cli("refresh", "acme").returncode == 0, "the persisted refresh token is the live one"
+
+
+def test_revoked_grant_exits_3_with_the_login_hint(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    oauth.revoke_all_refresh_tokens()
+    result = daemon.cli("refresh", "acme")
+    assert result.returncode == 3
+    assert "login_required" in result.stderr
+    assert "broker login acme" in result.stderr
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    (account,) = status["providers"][0]["accounts"]
+    assert account["state"] == "login_required"
+    assert account["last_error"]["hint"] == "run: broker login acme"
+
+
+def test_logout_forgets_the_credential_for_good(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    result = daemon.cli("logout", "acme")
+    assert result.returncode == 0 and "logged out of acme" in result.stdout
+    assert daemon.cli("token", "acme").returncode == 3
+    daemon.restart()
+    missing = daemon.cli("token", "acme")
+    assert missing.returncode == 3 and "broker login acme" in missing.stderr
+
+
+def test_second_account_sits_beside_the_first_which_stays_default(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    first = device_login(daemon, oauth)
+    device_login(daemon, oauth, "acme", "--account", "second")
+    assert token_json(daemon)["account"] == first
+    assert token_json(daemon, "--account", "second")["account"] == "second"
+    several = daemon.cli("logout", "acme")
+    assert several.returncode == 2 and "--account" in several.stderr

@@ -1,0 +1,112 @@
+"""Who may reach the daemon and read its files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DaemonProcess, acme_config
+from tests.fakes.oauth_server import FakeOAuthServer
+from tests.helpers import device_login
+
+NOBODY = 65534
+
+
+def mode(path: os.PathLike[str] | str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_socket_is_0600_in_a_0700_directory(daemon: DaemonProcess):
+    daemon.start()
+    assert stat.S_ISSOCK(os.stat(daemon.socket_path).st_mode)
+    assert mode(daemon.socket_path) == 0o600
+    assert mode(daemon.socket_path.parent) == 0o700
+
+
+def test_store_key_and_state_dir_are_private(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    assert mode(daemon.state_dir) == 0o700
+    assert mode(daemon.state_dir / "credentials.enc") == 0o600
+    assert mode(daemon.state_dir / "key") == 0o600
+
+
+def test_a_loose_socket_directory_is_tightened(daemon: DaemonProcess):
+    daemon.socket_path.parent.mkdir(mode=0o755)
+    os.chmod(daemon.socket_path.parent, 0o755)
+    daemon.start()
+    assert mode(daemon.socket_path.parent) == 0o700
+
+
+def test_stale_socket_from_a_killed_daemon_is_replaced(daemon: DaemonProcess):
+    daemon.start()
+    assert daemon.process is not None
+    daemon.process.kill()
+    daemon.process.wait()
+    assert daemon.socket_path.exists()
+    daemon.process = None
+    daemon.start()
+    assert daemon.request("GET", "/v1/health")["status"] == "ok"
+
+
+def test_second_daemon_on_a_live_socket_refuses_to_start(daemon: DaemonProcess):
+    daemon.start()
+    second = subprocess.run(
+        [sys.executable, "-m", "broker", "serve"], env=daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 69
+    assert "another broker daemon already listens" in second.stderr
+    assert daemon.request("GET", "/v1/health")["status"] == "ok"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+def test_peer_with_another_uid_is_refused_even_when_it_can_connect(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    # Open the path up on purpose (as systemd-socket-activate's 0644 socket would be):
+    # the peer-uid check must still refuse.
+    for path in (daemon.root, daemon.root / "run", daemon.socket_path.parent):
+        os.chmod(path, 0o755)
+    os.chmod(daemon.socket_path, 0o666)
+    result = subprocess.run(
+        ["curl", "-si", "--unix-socket", str(daemon.socket_path), "http://broker/v1/token/acme"],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("HTTP/1.1 403")
+    assert '"code": "forbidden"' in result.stdout
+    token = daemon.cli("token", "acme").stdout.strip()
+    assert token and token not in result.stdout
+    assert "refused a peer with uid=65534" in daemon.log()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+def test_another_uid_can_read_none_of_the_files(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    os.chmod(daemon.root, 0o755)
+    os.chmod(daemon.root / "state", 0o755)
+    for target in (daemon.state_dir / "credentials.enc", daemon.state_dir / "key"):
+        result = subprocess.run(
+            ["cat", str(target)], user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, timeout=10
+        )
+        assert result.returncode != 0 and b"Permission denied" in result.stderr
+
+
+def test_socket_connect_is_refused_cleanly_without_a_daemon(daemon: DaemonProcess):
+    with pytest.raises(OSError):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(daemon.socket_path))
