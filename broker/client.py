@@ -1,8 +1,9 @@
 """Talking to the daemon over its Unix socket, with the standard library only.
 
-This is the fast path of ``broker token``: it imports nothing beyond the stdlib, so
-a shell's ``$(broker token codex)`` costs about as much as starting Python. Other
-Python tools can use it too::
+This is the fast path of ``broker token``: it imports nothing beyond a few stdlib
+modules (not even ``http.client``, see ``broker.wire``), so a shell's
+``$(broker token codex)`` costs about as much as starting Python. Other Python tools
+can use it too::
 
     from broker.client import get_token
     token = get_token("codex")
@@ -12,55 +13,49 @@ Python tools can use it too::
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode
 
 from broker.errors import BrokerError, DaemonUnavailable, from_wire
+from broker.wire import Connection, ProtocolError, Response
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import Any
 
 DEFAULT_TIMEOUT = 60.0
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
-def default_socket_path() -> Path:
+def default_socket_path() -> str:
     """Where the daemon listens: ``$BROKER_SOCKET``, else the config's or the default path."""
     explicit = os.environ.get("BROKER_SOCKET")
     if explicit:
-        return Path(explicit).expanduser()
+        return os.path.expanduser(explicit)
     from broker.config import socket_path_from_env
 
-    return socket_path_from_env(os.environ)
+    return str(socket_path_from_env(os.environ))
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("broker", timeout=timeout)
-        self.socket_path = path
+def quote(value: str) -> str:
+    """Percent-encode a path segment or query value (RFC 3986 unreserved kept)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in value.encode())
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            raise DaemonUnavailable(f"no broker daemon answers on {self.socket_path}") from None
-        except OSError as exc:
-            sock.close()
-            raise DaemonUnavailable(f"cannot reach the broker daemon at {self.socket_path}: {exc.strerror}") from None
-        self.sock = sock
+
+def query(**values: object) -> str:
+    """``?a=1&b=2`` from the values that are not None; empty when there are none."""
+    pairs = [f"{quote(k)}={quote(str(v))}" for k, v in values.items() if v is not None]
+    return "?" + "&".join(pairs) if pairs else ""
 
 
 class Client:
-    """One connection to the daemon, reused across requests (HTTP keep-alive)."""
+    """One keep-alive connection to the daemon."""
 
-    def __init__(self, socket_path: Path | str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
-        self._conn = _UnixHTTPConnection(self.socket_path, timeout)
+    def __init__(self, socket_path: Path | str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.socket_path = str(socket_path) if socket_path else default_socket_path()
+        self._conn = Connection(self.socket_path, timeout)
 
     def close(self) -> None:
         self._conn.close()
@@ -74,7 +69,10 @@ class Client:
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; the decoded JSON answer, or the daemon's error raised."""
         response = self._send(method, path, body)
-        raw = response.read()
+        try:
+            raw = response.read()
+        except (OSError, ProtocolError) as exc:
+            raise self._stopped(exc) from None
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -89,27 +87,32 @@ class Client:
         if response.status >= 400:
             raw = response.read()
             raise from_wire(json.loads(raw) if raw else None)
-        for line in response:
-            if line.strip():
-                yield json.loads(line)
+        try:
+            for line in response.lines():
+                if line.strip():
+                    yield json.loads(line)
+        except (OSError, ProtocolError) as exc:
+            raise self._stopped(exc) from None
 
     def token(self, provider: str, account: str | None = None, min_ttl: float | None = None) -> dict[str, Any]:
-        query = {k: str(v) for k, v in (("account", account), ("min_ttl", min_ttl)) if v is not None}
-        path = f"/v1/token/{quote(provider, safe='')}"
-        result: dict[str, Any] = self.request("GET", path + (f"?{urlencode(query)}" if query else ""))
+        result: dict[str, Any] = self.request(
+            "GET", f"/v1/token/{quote(provider)}" + query(account=account, min_ttl=min_ttl)
+        )
         return result
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> http.client.HTTPResponse:
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Response:
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
-            self._conn.request(method, path, body=payload, headers=headers)
-            return self._conn.getresponse()
-        except DaemonUnavailable:
-            raise
-        except (ConnectionError, http.client.HTTPException, TimeoutError) as exc:
-            self._conn.close()
-            raise DaemonUnavailable(f"the broker daemon at {self.socket_path} stopped answering ({exc})") from None
+            return self._conn.request(method, path, payload)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnavailable(f"no broker daemon answers on {self.socket_path}") from None
+        except (OSError, ProtocolError) as exc:
+            raise self._stopped(exc) from None
+
+    def _stopped(self, exc: Exception) -> DaemonUnavailable:
+        self._conn.close()
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return DaemonUnavailable(f"the broker daemon at {self.socket_path} did not answer ({reason})")
 
 
 def get_token(

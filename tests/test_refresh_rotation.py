@@ -75,7 +75,7 @@ def test_revoked_grant_exits_3_with_the_login_hint(daemon: DaemonProcess, oauth:
     assert "login_required" in result.stderr
     assert "broker login acme" in result.stderr
     status = json.loads(daemon.cli("status", "--json").stdout)
-    (account,) = status["providers"][0]["accounts"]
+    (account,) = next(p for p in status["providers"] if p["name"] == "acme")["accounts"]
     assert account["state"] == "login_required"
     assert account["last_error"]["hint"] == "run: broker login acme"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 
 from broker.cli.connect import client
@@ -18,5 +17,10 @@ def run(args: argparse.Namespace) -> int:
         json.dump(values, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+        sys.stdout.writelines(f"export {name}={shell_quote(value)}\n" for name, value in values.items())
     return 0
+
+
+def shell_quote(value: str) -> str:
+    """POSIX single quotes (what shlex.quote does, without importing re on the fast path)."""
+    return "'" + value.replace("'", "'\"'\"'") + "'"

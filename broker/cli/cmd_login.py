@@ -15,10 +15,10 @@ import sys
 import threading
 import time
 from typing import Any
-from urllib.parse import quote
 
 from broker.cli.connect import client
 from broker.cli.main import report
+from broker.client import quote
 from broker.errors import BadRequest, BrokerError, from_wire
 
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     secret = _secret(args)
     if secret:
         body["secret"] = secret
-    path = f"/v1/login/{quote(args.provider, safe='')}"
+    path = f"/v1/login/{quote(args.provider)}"
     stop = threading.Event()
     try:
         with client(args, timeout=3600) as daemon:
@@ -135,7 +135,7 @@ def _relay_pasted_redirect(args: argparse.Namespace, login_id: str, stop: thread
                 with client(args) as daemon:
                     daemon.request(
                         "POST",
-                        f"/v1/login/{quote(args.provider, safe='')}/redirect",
+                        f"/v1/login/{quote(args.provider)}/redirect",
                         {"login_id": login_id, "url": url},
                     )
                 return

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from urllib.parse import quote, urlencode
 
 from broker.cli.connect import client
+from broker.client import query, quote
 
 
 def run(args: argparse.Namespace) -> int:
-    query = {"all": "1"} if args.all else ({"account": args.account} if args.account else {})
-    path = f"/v1/credentials/{quote(args.provider, safe='')}" + (f"?{urlencode(query)}" if query else "")
+    path = f"/v1/credentials/{quote(args.provider)}" + query(account=args.account, all="1" if args.all else None)
     with client(args) as daemon:
         result = daemon.request("DELETE", path)
     for account in result["deleted"]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from urllib.parse import quote, urlencode
 
 from broker.cli.connect import client
 from broker.cli.timefmt import until
+from broker.client import query, quote
 
 
 def run(args: argparse.Namespace) -> int:
-    query = f"?{urlencode({'account': args.account})}" if args.account else ""
     with client(args) as daemon:
-        state = daemon.request("POST", f"/v1/refresh/{quote(args.provider, safe='')}{query}")
+        state = daemon.request("POST", f"/v1/refresh/{quote(args.provider)}{query(account=args.account)}")
     if args.json:
         json.dump(state, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -1,0 +1,65 @@
+"""How long ``broker token NAME`` takes as a whole process, next to a bare Python start.
+
+Prints a table: median and p90 wall time over N runs of
+- ``python -c 'import socket, json'`` (the floor: an interpreter that opens a socket),
+- ``broker token bench`` against a running daemon holding a credential.
+Both use the interpreter the console script uses (the virtualenv's).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = int(os.environ.get("BENCH_RUNS", "40"))
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def summary(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.9) - 1] * 1000
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.daemon_fixture import running_daemon_with_token
+
+    with tempfile.TemporaryDirectory(prefix="bkb-", dir="/tmp") as root, running_daemon_with_token(Path(root)) as env:
+        script = str(Path(sys.executable).with_name("broker"))
+        floor = [sys.executable, "-c", "import socket, json"]
+        token = [script, "token", "bench"] if os.access(script, os.X_OK) else [sys.executable, "-m", "broker"]
+        for _ in range(3):
+            timed(floor, env), timed(token, env)
+        rows = {"python -c 'import socket, json'": [], "broker token bench": []}
+        for _ in range(RUNS):
+            rows["python -c 'import socket, json'"].append(timed(floor, env))
+            rows["broker token bench"].append(timed(token, env))
+    base = summary(rows["python -c 'import socket, json'"])[0]
+    editable = any(
+        "__editable__" in name
+        for name in os.listdir(
+            Path(sys.executable).parent.parent
+            / "lib"
+            / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+            / "site-packages"
+        )
+    )
+    print(f"interpreter {sys.executable} ({'editable' if editable else 'regular'} install), {RUNS} runs each")
+    print(f"{'command':<36} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
+    for name, samples in rows.items():
+        median, p90 = summary(samples)
+        print(f"{name:<36} {median:>10.1f} {p90:>8.1f} {median / base:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
