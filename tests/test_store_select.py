@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import pytest
 from keyring.backends import chainer, fail, null
 
 from broker.errors import StoreError
+from broker.model import Credential
+from broker.store.file_store import FileStore
+from broker.store.keys import FileKey
 from broker.store.select import open_store, probe, viable_keyring
 from tests.store_contract import require_viable_keyring
 
@@ -151,3 +155,14 @@ class Locked:
 
 def test_probe_reports_a_keyring_that_raises() -> None:
     assert "Failed to unlock" in (probe(Locked()) or "")  # type: ignore[arg-type]
+
+
+@pytest.mark.keyring
+def test_auto_keeps_the_file_store_that_already_holds_credentials(tmp_path: Path) -> None:
+    """A keyring that answers today must not hide credentials the file already holds."""
+    require_viable_keyring()
+    FileStore(tmp_path, FileKey(tmp_path / "key")).put(Credential(provider="p", account="a", access_token="t"))
+    store = open_store("auto", tmp_path, service=f"broker-test-{secrets.token_hex(4)}")
+    assert store.name == "file"
+    assert "already holds credentials" in store.describe()
+    assert [c.key for c in store.load()] == [("p", "a")]

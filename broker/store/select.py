@@ -20,7 +20,7 @@ from keyring.backends.chainer import ChainerBackend
 
 from broker.errors import StoreError
 from broker.store.base import Store
-from broker.store.file_store import FileStore
+from broker.store.file_store import FILE_NAME, FileStore
 from broker.store.keyring_store import KeyringStore, backend_label
 from broker.store.keys import key_source
 
@@ -122,6 +122,12 @@ def open_store(backend: str, state_dir: Path, *, service: str = "broker") -> Sto
             )
         return KeyringStore(service, found, note=reason)
     if backend == "auto" and found is not None:
+        if (state_dir / FILE_NAME).exists():
+            # Credentials already live in the file: switching to the keyring because it
+            # happens to answer today would make them seem to vanish.
+            return FileStore(
+                state_dir, key_source(state_dir, found, service), note="auto: the file already holds credentials"
+            )
         return KeyringStore(service, found, note=f"auto: {reason}")
     keys = key_source(state_dir, found, service)
     note = f"keyring unavailable: {reason}" if found is None else ""
