@@ -3,7 +3,8 @@
 Request bodies come from authlib's ``prepare_token_request`` and client
 authentication from authlib's ``encode_client_secret_*``; what is left here is the
 transport and the reading of the answer, including servers (GitHub) that report
-errors with HTTP 200 and servers (Codex) that want a JSON body.
+errors with HTTP 200, servers (Codex) that want a JSON body and answer errors as
+objects, and ``slow_down`` sent with HTTP 429 (Qwen).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ async def request_token(
 
 def parse_token_response(response: HttpResponse, *, now: float) -> TokenSet:
     """A TokenSet, an OAuthError (§5.2) or a TransportError for faults worth retrying."""
+    if response.status == 429 and _error_code(response) == "slow_down":
+        raise OAuthError("slow_down", None, 429)  # RFC 8628 §3.5 sent with HTTP 429 (Qwen)
     if response.status >= 500 or response.status == 429:
         raise TransportError(
             f"{response.url} answered HTTP {response.status}",
@@ -94,13 +97,24 @@ def parse_token_response(response: HttpResponse, *, now: float) -> TokenSet:
     data = response.json_object()
     error = data.get("error")
     if error:
+        description = data.get("error_description")
+        if isinstance(error, dict):  # OpenAI: {"error": {"code", "message", "type"}}
+            description = error.get("message")
+            error = error.get("code") or error.get("type") or "invalid_request"
         if not isinstance(error, str):
             error = str(error)
-        description = data.get("error_description")
         raise OAuthError(error, description if isinstance(description, str) else None, response.status)
     if response.status >= 400:
         raise OAuthError("invalid_request", f"HTTP {response.status} without an error code", response.status)
     return token_set_from(data, now=now)
+
+
+def _error_code(response: HttpResponse) -> object:
+    """The ``error`` field of a JSON body, or ``None`` when the body is not JSON."""
+    try:
+        return response.json_object().get("error")
+    except TransportError:
+        return None
 
 
 def token_set_from(data: Mapping[str, Any], *, now: float) -> TokenSet:

@@ -1,0 +1,273 @@
+"""ChatGPT subscription for Codex: sign in with ChatGPT, serve the Responses API.
+
+Data first; the code is what OpenAI does differently: a fixed loopback port (1455,
+then 1457) that OpenAI has registered, with ``localhost`` in the redirect URI; a
+device login of its own (``codex_device``); refresh as a JSON body with single-use
+refresh tokens; and the account id from the id_token's claims, which the Codex
+backend wants as the ``ChatGPT-Account-ID`` header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.config import Section
+from broker.errors import BadRequest, LoginFailed
+from broker.model import Credential
+from broker.upstream_errors import DEAD_GRANT
+from flows import refresh
+from flows.errors import FlowError, OAuthError
+from flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
+from flows.token import OAuthClient, TokenSet
+from providers import codex_device, codex_file
+from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from providers.endpoint_table import endpoints_from
+from providers.files import FollowedFile
+from providers.jwt_claims import account_name, claims
+
+NAME = "codex"
+DESCRIPTION = "ChatGPT subscription for Codex (sign in with ChatGPT)"
+API = "openai-responses"
+BASE_URL = "https://chatgpt.com/backend-api/codex"
+CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+SCOPES = ("openid", "profile", "email", "offline_access")
+ENDPOINTS = {
+    "authorize": "https://auth.openai.com/oauth/authorize",
+    "token": "https://auth.openai.com/oauth/token",
+    "device_usercode": "https://auth.openai.com/api/accounts/deviceauth/usercode",
+    "device_token": "https://auth.openai.com/api/accounts/deviceauth/token",
+    "revoke": "https://auth.openai.com/oauth/revoke",
+}
+FLOWS = ("pkce", "device")
+REDIRECT_HOST = "localhost"
+REDIRECT_PORT = 1455
+FALLBACK_REDIRECT_PORT = 1457
+"""The only two ports OpenAI accepts in this client's redirect URI."""
+REDIRECT_PATH = "/auth/callback"
+AUTHORIZE_PARAMS = {"id_token_add_organizations": "true", "codex_cli_simplified_flow": "true"}
+AUTH_CLAIM = "https://api.openai.com/auth"
+PROFILE_CLAIM = "https://api.openai.com/profile"
+ACCOUNT_ID_CLAIM = "chatgpt_account_id"
+ACCOUNT_HEADER = "ChatGPT-Account-ID"
+DEAD_REFRESH_CODES = frozenset({"refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated"})
+"""OpenAI's codes for a refresh token that will never work again (Codex also treats any 401 so)."""
+CONFIG_KEYS = ("endpoints", "client_id", "redirect_port", "fallback_redirect_port", "base_url", "proxy", "description")
+
+
+@dataclass
+class CodexProvider(Provider):
+    name: str = NAME
+    api: str = API
+    base_url: str | None = BASE_URL
+    flows: tuple[str, ...] = FLOWS
+    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
+    client_id: str = CLIENT_ID
+    redirect_ports: tuple[int, ...] = (REDIRECT_PORT, FALLBACK_REDIRECT_PORT)
+    proxy: str | None = None
+    description: str = DESCRIPTION
+
+    @classmethod
+    def from_config(cls, name: str, section: Section) -> CodexProvider:
+        section.check_keys(CONFIG_KEYS)
+        first = section.int("redirect_port", REDIRECT_PORT, min=1, max=65535)
+        second = section.int("fallback_redirect_port", FALLBACK_REDIRECT_PORT, min=1, max=65535)
+        return cls(
+            name=name,
+            base_url=section.url("base_url", BASE_URL),
+            endpoints=endpoints_from(section, ENDPOINTS),
+            client_id=section.str("client_id", CLIENT_ID),
+            redirect_ports=(first,) if first == second else (first, second),
+            proxy=section.optional_str("proxy"),
+            description=section.str("description", DESCRIPTION),
+        )
+
+    @property
+    def form_client(self) -> OAuthClient:
+        """Code exchanges are form-encoded."""
+        return OAuthClient(client_id=self.client_id)
+
+    @property
+    def json_client(self) -> OAuthClient:
+        """Refreshes are a JSON body."""
+        return OAuthClient(client_id=self.client_id, json_body=True)
+
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        flow = request.flow or self.flows[0]
+        if flow not in self.flows:
+            raise BadRequest(f"{self.name} logs in with {' or '.join(self.flows)}, not {flow}")
+        http = ctx.http(proxy=self.proxy)
+        if flow == "device":
+            endpoints = codex_device.DeviceEndpoints(
+                usercode=self.endpoints["device_usercode"],
+                poll=self.endpoints["device_token"],
+                token=self.endpoints["token"],
+            )
+            tokens = await codex_device.login(
+                http, endpoints, self.form_client, ctx.emit, now=ctx.now, sleep=ctx.sleep, provider=self.name
+            )
+        else:
+            tokens = await self._browser_login(ctx)
+        return self._credential(request.account or _account_name(tokens), tokens, source="login")
+
+    async def _browser_login(self, ctx: LoginContext) -> TokenSet:
+        """PKCE with the listener on the first free port of the registered ones."""
+        http = ctx.http(proxy=self.proxy)
+        for port in self.redirect_ports:
+            pending = PkceLogin(http, self._pkce_client(port), now=ctx.now)
+            try:
+                url = await pending.start()
+            except FlowError:
+                continue  # the port is taken: the next registered one, if any
+            try:
+                await ctx.emit({"event": "open", "url": url, "login_id": ctx.register_pkce(pending)})
+                return await pending.finish()
+            finally:
+                await pending.close()
+        ports = " and ".join(str(port) for port in self.redirect_ports)
+        raise LoginFailed(
+            f"{self.name}: cannot listen on {LISTEN_HOST} port {ports} for the sign-in redirect: "
+            f"{'both are' if len(self.redirect_ports) > 1 else 'it is'} in use, and OpenAI accepts no other port",
+            f"close the program using {'them' if len(self.redirect_ports) > 1 else 'it'} (another sign-in "
+            f"still waiting?) and try again, or sign in with a code instead: broker login {self.name} --device",
+        )
+
+    def _pkce_client(self, port: int) -> PkceClient:
+        return PkceClient(
+            authorization_endpoint=self.endpoints["authorize"],
+            token_endpoint=self.endpoints["token"],
+            client=self.form_client,
+            scopes=SCOPES,
+            redirect_host=REDIRECT_HOST,
+            redirect_port=port,
+            redirect_path=REDIRECT_PATH,
+            extra_params=AUTHORIZE_PARAMS,
+        )
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        if not credential.refresh_token:
+            raise OAuthError("invalid_grant", "no refresh token was issued for this login")
+        try:
+            tokens = await refresh.refresh(
+                ctx.http(proxy=self.proxy),
+                self.endpoints["token"],
+                self.json_client,
+                credential.refresh_token,
+                now=ctx.now(),
+            )
+        except OAuthError as exc:
+            raise _as_dead_grant(exc) from None
+        return self._credential(credential.account, tokens, source=credential.source, previous=credential)
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return bool(credential.refresh_token)
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        if not self.follow.enabled:
+            return ()
+        return (
+            FollowedFile(
+                provider=self.name,
+                account=codex_file.ACCOUNT,
+                path=self.follow.file or codex_file.default_path(env),
+                cli=codex_file.CLI,
+                parse=self._from_file,
+                merge=codex_file.merge,
+                mode="lead" if self.follow.write_back else "follow",
+                login_hint=codex_file.LOGIN_HINT,
+            ),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        redirects = [f"http://{REDIRECT_HOST}:{port}{REDIRECT_PATH}" for port in self.redirect_ports]
+        return {
+            **super().describe(),
+            "endpoints": dict(self.endpoints),
+            "client_id": self.client_id,
+            "scopes": list(SCOPES),
+            "redirect_uris": redirects,
+            "note": codex_file.KEYRING_NOTE,
+        }
+
+    def _from_file(self, doc: dict[str, Any]) -> Credential:
+        """Codex's ``auth.json`` as a credential: its ChatGPT login, or a plain OpenAI API key."""
+        login = codex_file.read(doc)
+        if isinstance(login, codex_file.ApiKeyLogin):
+            return Credential(
+                provider=self.name,
+                account=codex_file.ACCOUNT,
+                access_token=login.api_key,
+                base_url=codex_file.API_KEY_BASE_URL,
+                api=codex_file.API_KEY_API,
+            )
+        account_id = login.account_id or _account_id(login.id_token) or _account_id(login.access_token)
+        extra = {"id_token": login.id_token, "account_id": account_id}
+        return Credential(
+            provider=self.name,
+            account=codex_file.ACCOUNT,
+            access_token=login.access_token,
+            refresh_token=login.refresh_token,
+            expires_at=_jwt_expiry(login.access_token),
+            issued_at=_jwt_time(login.access_token, "iat"),
+            api=self.api,
+            headers={ACCOUNT_HEADER: account_id} if account_id else {},
+            extra={k: v for k, v in extra.items() if v},
+        )
+
+    def _credential(
+        self, account: str, tokens: TokenSet, *, source: str, previous: Credential | None = None
+    ) -> Credential:
+        """The refresh answer may omit the id_token: the account id then stays what it was."""
+        old = previous.extra if previous else {}
+        id_token = tokens.id_token or old.get("id_token")
+        account_id = _account_id(id_token) or _account_id(tokens.access_token) or old.get("account_id")
+        extra = {"id_token": id_token, "account_id": account_id}
+        return Credential(
+            provider=self.name,
+            account=account,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            expires_at=tokens.expires_at or _jwt_expiry(tokens.access_token),
+            issued_at=tokens.issued_at,
+            token_type=tokens.token_type,
+            api=self.api,
+            headers={ACCOUNT_HEADER: account_id} if account_id else {},
+            source=source,
+            extra={k: v for k, v in extra.items() if v},
+        )
+
+
+def _account_id(token: str | None) -> str | None:
+    value = claims(token).get(AUTH_CLAIM, {})
+    account_id = value.get(ACCOUNT_ID_CLAIM) if isinstance(value, dict) else None
+    return account_id if isinstance(account_id, str) and account_id else None
+
+
+def _account_name(tokens: TokenSet) -> str:
+    """The email of the id_token (top level or OpenAI's profile claim), else the account id."""
+    values = claims(tokens.id_token)
+    profile = values.get(PROFILE_CLAIM)
+    email = values.get("email") or (profile.get("email") if isinstance(profile, dict) else None)
+    if isinstance(email, str) and email:
+        return email
+    return account_name(values) or _account_id(tokens.id_token) or _account_id(tokens.access_token) or "default"
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """OpenAI's token answer may omit ``expires_in``; the access token is a JWT with ``exp``."""
+    return _jwt_time(token, "exp")
+
+
+def _jwt_time(token: str, claim: str) -> float | None:
+    value = claims(token).get(claim)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _as_dead_grant(exc: OAuthError) -> OAuthError:
+    """OpenAI's dead-refresh codes (and any 401) as the ``invalid_grant`` the refresher knows."""
+    if exc.error in DEAD_GRANT or exc.error == "invalid_client":
+        return exc
+    if exc.error not in DEAD_REFRESH_CODES and exc.status != 401:
+        return exc
+    return OAuthError("invalid_grant", str(exc), exc.status)

@@ -1,0 +1,341 @@
+"""GitHub Copilot: GitHub's device flow, then Copilot's short-lived token.
+
+Two login models (providers.md). The default, ``copilot-token-exchange``, logs in with
+the Copilot GitHub App's client id and keeps the long-lived GitHub token in
+``Credential.extra``; clients get the Copilot token minted from it at ``copilot_token``,
+renewed when that answer's ``refresh_in`` says (through ``Credential.lead``). With
+``exchange = false`` and the ``client_id`` of an OAuth app GitHub approved for Copilot,
+the ``gho_`` token is the bearer itself (``github-token``). GitHub answers device-flow errors with HTTP 200 and
+an ``error`` field; ``flows.token`` reads those as errors whatever the status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.config import Section
+from broker.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
+from broker.model import Credential
+from flows import device_code, pat
+from flows.device_code import DeviceAuthorization, DeviceClient
+from flows.errors import FlowError, OAuthError, TransportError
+from flows.http import HttpClient, HttpResponse
+from flows.token import OAuthClient
+from providers import copilot_files
+from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from providers.custom import verify_event
+from providers.endpoint_overrides import read_overrides
+from providers.files import FollowedFile
+from providers.github_hosts import GitHubHost
+
+NAME = "copilot"
+API = "openai-chat"
+CLIENT_ID = "Iv1.b507a08c87ecfe98"
+"""The Copilot GitHub App, as VS Code and copilot.vim use it (login model A)."""
+SCOPES = ("read:user",)
+ENDPOINT_KEYS = ("device_code", "access_token", "copilot_token", "api")
+"""``api`` is the GitHub REST base: ``/user`` names the account; ``copilot_token`` derives from it."""
+EDITOR_HEADERS = {
+    "Copilot-Integration-Id": "vscode-chat",
+    "Editor-Version": "vscode/1.99.3",
+    "Editor-Plugin-Version": "copilot-chat/0.26.7",
+    "User-Agent": "GitHubCopilotChat/0.26.7",
+}
+"""Sent on the token exchange and served to clients: the Copilot API wants an editor's."""
+MODELS = {
+    True: "copilot-token-exchange",
+    False: "github-token",
+}
+KEYS = ("client_id", "exchange", "scopes", "enterprise_url", "base_url", "headers", "proxy", "endpoints")
+SUBSCRIPTION_PAGE = "https://github.com/settings/copilot"
+NOT_MINTED = 0.0
+"""The expiry of a credential fresh from an editor's file: no Copilot token yet, so the refresher mints at once."""
+MINT_LEAD = 60.0
+"""The least lead for a minted token; Copilot's own ``refresh_in`` usually asks for more."""
+
+
+@dataclass
+class CopilotProvider(Provider):
+    name: str
+    host: GitHubHost
+    overrides: dict[str, str]
+    client_id: str
+    exchange: bool
+    scopes: tuple[str, ...]
+    editor_headers: dict[str, str]
+    configured_base_url: str | None = None
+    proxy: str | None = None
+    api: str = API
+    flows: tuple[str, ...] = ("device",)
+    description: str = "GitHub Copilot: GitHub device login, then Copilot's short-lived token"
+
+    @property
+    def base_url(self) -> str | None:  # type: ignore[override]
+        return self.fallback_base_url(self.host)
+
+    @classmethod
+    def from_config(cls, name: str, section: Section) -> CopilotProvider:
+        section.check_keys(KEYS)
+        exchange = section.bool("exchange", True)
+        client_id = section.optional_str("client_id")
+        if not exchange and client_id is None:
+            raise section.error(
+                "client_id", "is required with exchange = false: the id of an OAuth app GitHub approved for Copilot"
+            )
+        enterprise_url = section.url("enterprise_url", None)
+        try:
+            host = GitHubHost.parse(enterprise_url)
+        except ValueError as exc:
+            raise section.error("enterprise_url", str(exc)) from None
+        configured = {**EDITOR_HEADERS, **section.str_table("headers")}
+        return cls(
+            name=name,
+            host=host,
+            overrides=read_overrides(section, ENDPOINT_KEYS),
+            client_id=client_id or CLIENT_ID,
+            exchange=exchange,
+            scopes=section.str_list("scopes", SCOPES),
+            editor_headers={k: v for k, v in configured.items() if v},
+            configured_base_url=section.url("base_url", None),
+            proxy=section.optional_str("proxy"),
+        )
+
+    # --- data derived from the host ------------------------------------------------------
+
+    def endpoints(self, host: GitHubHost) -> dict[str, str]:
+        """The effective endpoints for a host: config overrides first, then the host's."""
+        given = self.overrides
+        api = given.get("api", host.api).rstrip("/")
+        return {
+            "device_code": given.get("device_code", host.device_code),
+            "access_token": given.get("access_token", host.access_token),
+            "copilot_token": given.get("copilot_token", f"{api}/copilot_internal/v2/token"),
+            "api": api,
+        }
+
+    def fallback_base_url(self, host: GitHubHost) -> str:
+        """The chat API when the Copilot token names none, and the base of model B."""
+        return self.configured_base_url or host.copilot_api
+
+    def _host_of(self, enterprise_url: str | None) -> GitHubHost:
+        try:
+            return GitHubHost.parse(enterprise_url) if enterprise_url else self.host
+        except ValueError as exc:
+            raise BadRequest(f"--enterprise-url: {exc}") from None
+
+    # --- login and refresh -----------------------------------------------------------------
+
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        if request.flow not in (None, "device"):
+            raise BadRequest(f"{self.name} logs in with the device flow, not {request.flow}")
+        host = self._host_of(request.enterprise_url)
+        endpoints = self.endpoints(host)
+        http = ctx.http(proxy=self.proxy)
+
+        async def on_verify(grant: DeviceAuthorization) -> None:
+            await ctx.emit(verify_event(grant))
+
+        device = DeviceClient(
+            device_authorization_endpoint=endpoints["device_code"],
+            token_endpoint=endpoints["access_token"],
+            client=OAuthClient(client_id=self.client_id),
+            scopes=self.scopes,
+        )
+        tokens = await device_code.run(http, device, on_verify, now=ctx.now, sleep=ctx.sleep)
+        account = request.account or await _github_login(http, endpoints["api"], tokens.access_token) or "default"
+        extra: dict[str, Any] = {
+            "enterprise_url": host.enterprise_url,
+            "login_model": MODELS[self.exchange],
+            "client_id": self.client_id,
+        }
+        if not self.exchange:
+            return Credential(
+                provider=self.name,
+                account=account,
+                access_token=tokens.access_token,
+                expires_at=tokens.expires_at,
+                issued_at=tokens.issued_at,
+                base_url=self.fallback_base_url(host),
+                api=self.api,
+                extra=extra,
+            )
+        github = Credential(
+            provider=self.name,
+            account=account,
+            access_token="",
+            extra={**extra, "github_token": tokens.access_token},
+        )
+        return await self._exchange(ctx, github, during="login")
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        if not credential.extra.get("github_token"):
+            raise LoginRequired(f"{self.name}: this login keeps no GitHub token", f"run: broker login {self.name}")
+        return await self._exchange(ctx, credential, during="refresh")
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return bool(credential.extra.get("github_token"))
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        """The editors' apps.json and hosts.json (or the one ``file`` names): Copilot tokens are minted from them.
+
+        Their tokens are the Copilot app's, usable only through the exchange: none with ``exchange = false``.
+        """
+        if not self.follow.enabled or not self.exchange:
+            return ()
+        directory = copilot_files.directory(env)
+        paths = (self.follow.file,) if self.follow.file else tuple(directory / f.name for f in copilot_files.FILES)
+        return tuple(self._editor_file(path) for path in paths)
+
+    def _editor_file(self, path: Path) -> FollowedFile:
+        account = copilot_files.account_of(path)
+
+        def parse(doc: dict[str, Any]) -> Credential:
+            return self._from_editor_file(doc, account)
+
+        return FollowedFile(
+            provider=self.name,
+            account=account,
+            path=path,
+            cli=copilot_files.CLI,
+            parse=parse,
+            merge=None,
+            mode="mint",
+            login_hint=copilot_files.LOGIN_HINT,
+            lead=MINT_LEAD,
+        )
+
+    def _from_editor_file(self, doc: dict[str, Any], account: str) -> Credential:
+        """The file's GitHub token for this provider's host, as a login of model A not yet exchanged."""
+        host = self.host.url.split("://", 1)[1]
+        login = copilot_files.read(doc, host, (self.client_id, CLIENT_ID))
+        return Credential(
+            provider=self.name,
+            account=account,
+            access_token="",
+            expires_at=NOT_MINTED,
+            api=self.api,
+            extra={
+                "github_token": login.github_token,
+                "github_user": login.user,
+                "enterprise_url": self.host.enterprise_url,
+                "login_model": MODELS[True],
+                "client_id": login.app_id or CLIENT_ID,
+            },
+        )
+
+    async def _exchange(self, ctx: ProviderContext, credential: Credential, *, during: str) -> Credential:
+        """GET ``copilot_token`` with the GitHub token: the Copilot token, its expiry and API base."""
+        host = GitHubHost.parse(credential.extra.get("enterprise_url"))
+        url = self.endpoints(host)["copilot_token"]
+        github_token = str(credential.extra["github_token"])
+        response = await ctx.http(proxy=self.proxy).request(
+            "GET", url, headers={**self.editor_headers, "Authorization": f"token {github_token}"}
+        )
+        if response.status >= 500 or response.status == 429:
+            raise TransportError(
+                f"{response.url} answered HTTP {response.status}", response.status, response.retry_after()
+            )
+        if response.status == 401:
+            raise OAuthError("invalid_token", "GitHub no longer accepts this login's GitHub token (revoked?)", 401)
+        if response.status in (403, 404):
+            raise self._no_subscription(response, credential.extra.get("github_user") or credential.account, during)
+        if response.status >= 400:
+            raise OAuthError("invalid_request", f"the Copilot token endpoint answered HTTP {response.status}")
+        now = ctx.now()
+        answer = response.json_object()
+        token, expires_at = answer.get("token"), _number(answer.get("expires_at"))
+        if not isinstance(token, str) or not token or expires_at is None:
+            raise OAuthError("invalid_response", "the Copilot token answer lacks token or expires_at")
+        refresh_in = _number(answer.get("refresh_in"))
+        endpoints = answer.get("endpoints")
+        api_base = endpoints.get("api") if isinstance(endpoints, dict) else None
+        return credential.replace(
+            access_token=token,
+            expires_at=expires_at,
+            issued_at=now,
+            lead=renewal_lead(now, expires_at, refresh_in),
+            token_type="Bearer",
+            base_url=api_base.rstrip("/") if isinstance(api_base, str) and api_base else self.fallback_base_url(host),
+            api=self.api,
+            extra={
+                **credential.extra,
+                "sku": answer.get("sku") if isinstance(answer.get("sku"), str) else None,
+                "exchanged_at": now,
+                "refresh_at": None if refresh_in is None else now + refresh_in,
+            },
+        )
+
+    def _no_subscription(self, response: HttpResponse, account: str, during: str) -> BrokerError:
+        """403/404 from the exchange: the GitHub login is fine, Copilot is not on this account."""
+        reason = _github_reason(response)
+        message = f"{self.name}: no Copilot subscription for GitHub account {account} ({reason})"
+        if during == "login":
+            return LoginFailed(message, f"check the account's Copilot access at {SUBSCRIPTION_PAGE}")
+        return RefreshFailed(
+            message, f"check the account's Copilot access at {SUBSCRIPTION_PAGE}, then: broker refresh {self.name}"
+        )
+
+    # --- what clients and `broker providers` see -------------------------------------------
+
+    def served(self, credential: Credential) -> dict[str, Any]:
+        host = GitHubHost.parse(credential.extra.get("enterprise_url"))
+        return {
+            "base_url": credential.base_url or self.fallback_base_url(host),
+            "api": self.api,
+            "headers": dict(self.editor_headers),
+            "auth": self.auth,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "endpoints": self.endpoints(self.host),
+            "enterprise_url": self.host.enterprise_url,
+            "client_id": self.client_id,
+            "scopes": list(self.scopes),
+            "login_model": MODELS[self.exchange],
+            "headers": dict(self.editor_headers),
+        }
+
+
+def renewal_lead(now: float, expires_at: float, refresh_in: float | None) -> float | None:
+    """Seconds before expiry at which Copilot asks for renewal (``now + refresh_in``).
+
+    The refresher renews at the largest of its margin, 10 % of the lifetime and this
+    lead, so a ``refresh_in`` later than its own rule changes nothing. At most half
+    the remaining time is taken, so a bogus ``refresh_in`` cannot make the timer spin.
+    """
+    if refresh_in is None:
+        return None
+    lead = min(expires_at - (now + refresh_in), (expires_at - now) / 2)
+    return lead if lead > 0 else None
+
+
+async def _github_login(http: HttpClient, api: str, github_token: str) -> str | None:
+    """The GitHub login name, to name the account; ``None`` when ``/user`` cannot say."""
+    try:
+        user = await pat.validate(http, f"{api}/user", github_token, scheme="token")
+    except FlowError:
+        return None
+    login = user.get("login")
+    return login if isinstance(login, str) and login else None
+
+
+def _github_reason(response: HttpResponse) -> str:
+    """GitHub's own words for a refused exchange: ``error_details``, else ``message``, else the status."""
+    try:
+        body = response.json_object()
+    except FlowError:
+        return f"HTTP {response.status}"
+    details = body.get("error_details")
+    parts = [details.get("notification_id"), details.get("message")] if isinstance(details, dict) else []
+    words = [p for p in (*parts, body.get("message")) if isinstance(p, str) and p]
+    return ": ".join(dict.fromkeys(words[:2]))[:300] or f"HTTP {response.status}"
+
+
+def _number(value: object) -> float | None:
+    """A JSON number as a float; ``None`` for anything else (booleans included)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

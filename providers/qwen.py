@@ -1,0 +1,223 @@
+"""Qwen (chat.qwen.ai): RFC 8628 device login with PKCE, then an OpenAI-compatible API.
+
+Data first; the code is what Qwen does differently: the API host comes with the token
+(``resource_url``, which may change on refresh), the OAuth host sits behind a firewall
+that answers some clients with an HTML page and HTTP 200, and the free OAuth tier
+ended on 2026-04-15, so refusals are reported with the server's own words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.config import Section
+from broker.errors import BadRequest, BrokerError, LoginFailed, UpstreamUnavailable
+from broker.model import Credential
+from broker.upstream_errors import to_broker_error
+from flows import device_code, refresh
+from flows.device_code import DeviceAuthorization, DeviceClient
+from flows.errors import OAuthError, TransportError
+from flows.token import OAuthClient, TokenSet
+from providers import qwen_file
+from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from providers.custom import verify_event
+from providers.endpoint_table import endpoints_from
+from providers.files import FollowedFile
+from providers.jwt_claims import account_name, claims
+
+NAME = "qwen"
+DESCRIPTION = "Qwen Code's OAuth login (free tier ended 2026-04-15; existing logins work until refused)"
+API = "openai-chat"
+DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+CLIENT_ID = "f0304373b74a44d2b584a3fb70ca9e56"
+SCOPES = ("openid", "profile", "email", "model.completion")
+ENDPOINTS = {
+    "device_code": "https://chat.qwen.ai/api/v1/oauth2/device/code",
+    "token": "https://chat.qwen.ai/api/v1/oauth2/token",
+}
+FLOWS = ("device",)
+API_HEADERS = {"X-DashScope-AuthType": "qwen-oauth", "X-DashScope-CacheControl": "enable"}
+"""What Qwen Code sends to the API with an OAuth token."""
+REFUSAL_HINT = (
+    "Qwen's free OAuth tier ended on 2026-04-15: if this account has no paid plan, the server's refusal "
+    "is final; use a DashScope API key instead"
+)
+WAF_NOTE = (
+    "chat.qwen.ai sits behind a firewall that answers some clients with a web page instead of JSON; "
+    "try again later or through another network ([providers.qwen] proxy)"
+)
+CONFIG_KEYS = ("endpoints", "client_id", "base_url", "headers", "proxy", "description")
+
+
+@dataclass
+class QwenProvider(Provider):
+    name: str = NAME
+    api: str = API
+    base_url: str | None = DEFAULT_BASE_URL
+    """Served when the token names no ``resource_url``."""
+    flows: tuple[str, ...] = FLOWS
+    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
+    client_id: str = CLIENT_ID
+    forced_base_url: str | None = None
+    """``base_url`` from the config: it wins over the token's ``resource_url``."""
+    headers: dict[str, str] = field(default_factory=lambda: dict(API_HEADERS))
+    proxy: str | None = None
+    description: str = DESCRIPTION
+
+    @classmethod
+    def from_config(cls, name: str, section: Section) -> QwenProvider:
+        section.check_keys(CONFIG_KEYS)
+        return cls(
+            name=name,
+            endpoints=endpoints_from(section, ENDPOINTS),
+            client_id=section.str("client_id", CLIENT_ID),
+            forced_base_url=section.url("base_url", None),
+            headers={**API_HEADERS, **section.str_table("headers")},
+            proxy=section.optional_str("proxy"),
+            description=section.str("description", DESCRIPTION),
+        )
+
+    @property
+    def client(self) -> OAuthClient:
+        return OAuthClient(client_id=self.client_id)
+
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        if request.flow not in (None, *self.flows):
+            raise BadRequest(f"{self.name} logs in with a device code only, not {request.flow}")
+        device = DeviceClient(
+            device_authorization_endpoint=self.endpoints["device_code"],
+            token_endpoint=self.endpoints["token"],
+            client=self.client,
+            scopes=SCOPES,
+            pkce=True,
+        )
+
+        async def on_verify(grant: DeviceAuthorization) -> None:
+            await ctx.emit(verify_event(grant))
+
+        try:
+            tokens = await device_code.run(ctx.http(proxy=self.proxy), device, on_verify, now=ctx.now, sleep=ctx.sleep)
+        except TransportError as exc:
+            if not _not_json(exc):
+                raise
+            raise UpstreamUnavailable(f"{self.name}: {exc}", WAF_NOTE) from None
+        except OAuthError as exc:
+            if exc.error in ("access_denied", "expired_token"):
+                raise
+            raise LoginFailed(f"{self.name}: the server refused the login: {exc}", REFUSAL_HINT) from None
+        account = request.account or account_name(claims(tokens.id_token)) or "default"
+        return self._credential(account, tokens, source="login")
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        if not credential.refresh_token:
+            raise OAuthError("invalid_grant", "no refresh token was issued for this login")
+        try:
+            tokens = await refresh.refresh(
+                ctx.http(proxy=self.proxy),
+                self.endpoints["token"],
+                self.client,
+                credential.refresh_token,
+                now=ctx.now(),
+            )
+        except TransportError as exc:
+            if not _not_json(exc):
+                raise
+            raise TransportError(f"{exc}; {WAF_NOTE}", exc.status, exc.retry_after) from None
+        except OAuthError as exc:
+            raise _with_hint(to_broker_error(exc, self.name, "refresh")) from None
+        return self._credential(credential.account, tokens, source=credential.source, previous=credential)
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return bool(credential.refresh_token)
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        if not self.follow.enabled:
+            return ()
+        path = self.follow.file or qwen_file.default_path(env)
+        return (
+            FollowedFile(
+                provider=self.name,
+                account=qwen_file.ACCOUNT,
+                path=path,
+                cli=qwen_file.CLI,
+                parse=self._from_file,
+                merge=qwen_file.merge,
+                mode="lead" if self.follow.write_back else "follow",
+                login_hint=qwen_file.LOGIN_HINT,
+                lock_file=qwen_file.lock_path(path),
+                lock_stale=qwen_file.LOCK_STALE,
+            ),
+        )
+
+    def _from_file(self, doc: dict[str, Any]) -> Credential:
+        login = qwen_file.read(doc)
+        return Credential(
+            provider=self.name,
+            account=qwen_file.ACCOUNT,
+            access_token=login.access_token,
+            refresh_token=login.refresh_token,
+            expires_at=login.expires_at,
+            token_type=login.token_type,
+            base_url=base_url_for(login.resource_url),
+            api=self.api,
+            extra={"resource_url": login.resource_url} if login.resource_url else {},
+        )
+
+    def served(self, credential: Credential) -> Mapping[str, Any]:
+        return {
+            **super().served(credential),
+            "base_url": self.forced_base_url or credential.base_url or self.base_url,
+            "headers": {**self.headers, **credential.headers},
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "base_url": self.forced_base_url or self.base_url,
+            "endpoints": dict(self.endpoints),
+            "client_id": self.client_id,
+            "scopes": list(SCOPES),
+        }
+
+    def _credential(
+        self, account: str, tokens: TokenSet, *, source: str, previous: Credential | None = None
+    ) -> Credential:
+        """A refresh answer without ``resource_url`` keeps the API host the login gave."""
+        resource_url = tokens.raw.get("resource_url")
+        if not isinstance(resource_url, str) or not resource_url.strip():
+            resource_url = previous.extra.get("resource_url") if previous else None
+        return Credential(
+            provider=self.name,
+            account=account,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            expires_at=tokens.expires_at,
+            issued_at=tokens.issued_at,
+            token_type=tokens.token_type,
+            base_url=base_url_for(resource_url),
+            api=self.api,
+            source=source,
+            extra={"resource_url": resource_url} if resource_url else {},
+        )
+
+
+def base_url_for(resource_url: str | None) -> str | None:
+    """``portal.qwen.ai`` → ``https://portal.qwen.ai/v1``; a scheme or a ``/v1`` already there is kept."""
+    if not resource_url or not resource_url.strip():
+        return None
+    url = resource_url.strip().rstrip("/")
+    if "://" not in url:
+        url = "https://" + url
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _not_json(exc: TransportError) -> bool:
+    """An answer that was not JSON (the firewall's page), as opposed to a 5xx/429 or a network fault."""
+    return exc.status is not None and exc.status < 429
+
+
+def _with_hint(error: BrokerError) -> BrokerError:
+    error.hint = f"{error.hint}; {REFUSAL_HINT}" if error.hint else REFUSAL_HINT
+    return error
