@@ -1,15 +1,22 @@
-"""The live set of credentials in memory, with the store as its durable copy.
+"""The live set of credentials in memory, with durable copies where they belong.
 
-Every change is written to the store first and only then made visible, so a token is
-never served that a crash could lose (a rotated refresh token above all).
+A credential from ``broker login`` lives in the store; one followed from a CLI's file
+lives in that file. Every change is written to its durable place first and only then
+made visible, so a token is never served that a crash could lose (a rotated refresh
+token above all).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from broker.errors import StoreError
+from broker.errors import BadRequest, RefreshFailed, StoreError
+from broker.filelock import LockTimeout
+from broker.followed import FileState, FollowedFiles
 from broker.model import Credential, CredentialKey
 from broker.store.base import Store
 
@@ -17,15 +24,16 @@ log = logging.getLogger("broker.store")
 
 
 class CredentialSet:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, followed: FollowedFiles | None = None) -> None:
         self.store = store
+        self.followed = followed or FollowedFiles([])
         self._live: dict[CredentialKey, Credential] = {}
         self._changed = asyncio.Condition()
         self.load_error: StoreError | None = None
         """Why the store could not be read at start; the daemon serves on and says so."""
 
     async def load(self) -> None:
-        """Read every credential from the store (blocking I/O off the loop).
+        """Read the store and every followed file (blocking I/O off the loop).
 
         An unreadable store does not stop the daemon: it starts empty, reports the
         error wherever a credential is asked for, and never writes over the file.
@@ -35,9 +43,11 @@ class CredentialSet:
         except StoreError as exc:
             self.load_error = exc
             log.error("store unreadable: %s (%s)", exc.message, exc.hint)
-            return
+            credentials = []
         for credential in credentials:
             self._live[credential.key] = credential
+        for path in list(self.followed.states):
+            await self.reread(path)
 
     def get(self, key: CredentialKey) -> Credential | None:
         return self._live.get(key)
@@ -45,20 +55,88 @@ class CredentialSet:
     def all(self) -> list[Credential]:
         return list(self._live.values())
 
-    def accounts(self, provider: str) -> list[str]:
-        """Accounts of a provider, first login first: the first is the default."""
-        return [account for (name, account) in self._live if name == provider]
+    def accounts(self, provider: str, prefer_file: bool = False) -> list[str]:
+        """Accounts of a provider, the default first: first login first, or the file's if preferred."""
+        mine = [c for (name, _), c in self._live.items() if name == provider]
+        mine.sort(key=lambda c: (c.source == "login") == prefer_file)
+        return [c.account for c in mine]
 
-    async def put(self, credential: Credential) -> None:
-        """Persist, then serve."""
-        await asyncio.to_thread(self.store.put, credential)
-        self.load_error = None
-        self._live[credential.key] = credential
+    def is_followed(self, key: CredentialKey) -> bool:
+        return self.followed.state_of(key) is not None
+
+    def may_refresh(self, key: CredentialKey) -> bool:
+        """False for a followed file in ``follow`` mode: only its CLI redeems the refresh token."""
+        state = self.followed.state_of(key)
+        return state is None or state.spec.mode != "follow"
+
+    @contextlib.asynccontextmanager
+    async def cli_lock(self, key: CredentialKey) -> AsyncIterator[None]:
+        """Hold a followed CLI's own lock (Qwen Code's) around a refresh; nothing for other credentials."""
+        hold = self.followed.cli_lock(key)
+        try:
+            await asyncio.to_thread(hold.__enter__)
+        except LockTimeout as exc:
+            raise RefreshFailed(
+                f"{key[0]}: {exc}: its CLI is refreshing the same login", "broker tries again by itself"
+            ) from None
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(hold.__exit__, None, None, None)
+
+    async def put(self, credential: Credential, spent: str | None = None) -> Credential:
+        """Persist, then serve; the credential that is live afterwards.
+
+        ``spent`` is the refresh token redeemed to get ``credential``. For a followed
+        file whose CLI refreshed meanwhile, the live credential is the file's, not the
+        one given: the CLI's tokens win.
+        """
+        if self.is_followed(credential.key):
+            live = await asyncio.to_thread(self.followed.write_back, credential, spent)
+        else:
+            await asyncio.to_thread(self.store.put, credential)
+            self.load_error = None
+            live = credential
+        self._live[live.key] = live
         await self._notify()
+        return live
+
+    async def login(self, credential: Credential) -> Credential:
+        """Keep a credential a ``broker login`` produced; refuse names a followed file owns."""
+        if self.is_followed(credential.key):
+            raise BadRequest(
+                f"the account name {credential.account!r} belongs to the followed CLI file",
+                "log in with another --account",
+            )
+        return await self.put(credential)
+
+    async def reread(self, path: Path) -> tuple[FileState, bool]:
+        """Re-read a followed file and make the live set match it; whether the credential changed."""
+        problem_before = self.followed.states[path].problem
+        state = await asyncio.to_thread(self.followed.read, path)
+        key = (state.spec.provider, state.spec.account)
+        if state.problem is not problem_before:
+            await self._notify()  # status watchers see a file turn bad or good
+        if state.credential is None:
+            if self._live.pop(key, None) is None:
+                return state, False
+            log.info("followed credential gone provider=%s file=%s", key[0], path)
+        elif self._live.get(key) != state.credential:
+            self._live[key] = state.credential
+            log.info("followed credential read provider=%s file=%s", key[0], path)
+        else:
+            return state, False
+        await self._notify()
+        return state, True
 
     async def delete(self, key: CredentialKey) -> bool:
         if key not in self._live:
             return False
+        if self.is_followed(key):
+            raise BadRequest(
+                f"{key[0]}: the {key[1]} credential comes from a CLI's file, which broker never deletes",
+                f"log out with that CLI, or stop following it: [providers.{key[0]}] follow = false",
+            )
         await asyncio.to_thread(self.store.delete, key)
         del self._live[key]
         await self._notify()

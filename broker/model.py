@@ -32,6 +32,8 @@ class Credential:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     source: str = "login"
     """``login``, ``env`` or the path of a followed CLI file."""
+    lead: float | None = None
+    """Refresh at least this many seconds before expiry (a followed CLI that refreshes early itself)."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     """Provider-specific data kept with the login (id_token, upstream grant, scopes)."""
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from broker.clock import Clock
 from broker.credentials import CredentialSet
-from broker.errors import BrokerError, LoginRequired, NotLoggedIn, StoreError
+from broker.errors import BrokerError, LoginRequired, NotLoggedIn, RefreshFailed, StoreError
 from broker.model import Credential, CredentialKey
 from broker.upstream_errors import to_broker_error
 from flows.errors import FlowError, TransportError
@@ -54,6 +55,8 @@ class Status:
     failures: int = 0
     refreshes: int = 0
     attempts: int = 0
+    not_before: float | None = None
+    """The upstream's Retry-After: no refresh is sent to it before this instant."""
 
 
 def refresh_lead(credential: Credential, margin: float) -> float:
@@ -61,7 +64,7 @@ def refresh_lead(credential: Credential, margin: float) -> float:
     lifetime = 0.0
     if credential.expires_at is not None and credential.issued_at is not None:
         lifetime = max(0.0, credential.expires_at - credential.issued_at)
-    return max(margin, LIFETIME_SHARE * lifetime)
+    return max(margin, LIFETIME_SHARE * lifetime, credential.lead or 0.0)
 
 
 def backoff_delay(failures: int) -> float:
@@ -136,12 +139,11 @@ class Refresher:
             return credential
         provider = self.registry().get(credential.provider)
         status = self.status(key)
-        if not provider.can_refresh(credential) or status.state == "login_required":
+        waiting = status.not_before is not None and now < status.not_before
+        if not self._refreshable(provider, credential) or status.state == "login_required" or waiting:
             if credential.remaining(now) > 0:
                 return credential
-            raise status.last_error or LoginRequired(
-                f"{key[0]}: the token expired and cannot be refreshed", f"run: broker login {key[0]}"
-            )
+            raise status.last_error or self._cannot_refresh(credential)
         try:
             return await self.refresh_now(key)
         except BrokerError:
@@ -166,17 +168,24 @@ class Refresher:
 
     async def wait_attempts(self, key: CredentialKey, count: int) -> Status:
         """Return once ``count`` refresh attempts of ``key`` have ended, whatever their outcome."""
+        return await self.wait_status(key, lambda status: status.attempts >= count)
+
+    async def wait_status(self, key: CredentialKey, predicate: Callable[[Status], bool]) -> Status:
+        """Return once the upkeep of ``key`` satisfies ``predicate`` (after an attempt or a new plan)."""
         async with self._settled:
-            await self._settled.wait_for(lambda: self.status(key).attempts >= count)
+            await self._settled.wait_for(lambda: predicate(self.status(key)))
         return self.status(key)
+
+    async def _changed(self) -> None:
+        async with self._settled:
+            self._settled.notify_all()
 
     async def _refresh_once(self, key: CredentialKey) -> Credential:
         try:
             return await self._attempt(key)
         finally:
             self.status(key).attempts += 1
-            async with self._settled:
-                self._settled.notify_all()
+            await self._changed()
 
     async def _attempt(self, key: CredentialKey) -> Credential:
         credential = self.credentials.get(key)
@@ -185,34 +194,106 @@ class Refresher:
         provider = self.registry().get(credential.provider)
         status = self.status(key)
         status.state = "refreshing"
-        try:
-            fresh = await self._call_provider(provider, credential)
-        except BrokerError as exc:
-            status.last_error = exc
-            status.failures += 1
-            status.state = "login_required" if isinstance(exc, LoginRequired) else "error"
-            log.warning("refresh failed provider=%s account=%s code=%s: %s", key[0], key[1], exc.code, exc.message)
-            raise
-        try:
-            await self.credentials.put(fresh)
-        except StoreError as exc:
-            status.state, status.last_error = "error", exc
-            log.error("refreshed but not persisted provider=%s account=%s: %s", key[0], key[1], exc)
-            raise
+        async with contextlib.AsyncExitStack() as cli_lock:
+            try:
+                # A CLI holding its own lock is refreshing this very token: wait, then re-read its file.
+                await cli_lock.enter_async_context(self.credentials.cli_lock(key))
+                adopted = await self._adopt_newer_file(key, credential)
+                if adopted is not None:
+                    status.state, status.last_error, status.failures = "ready", None, 0
+                    return adopted
+                credential = self.credentials.get(key) or credential  # as the file holds it now
+                try:
+                    fresh = await self._call_provider(provider, credential)
+                except LoginRequired as dead:
+                    adopted = await self._adopt_newer_file(key, credential, any_change=True)
+                    if adopted is None:
+                        raise self._dead_login(key, dead) from None
+                    status.state, status.last_error, status.failures = "ready", None, 0
+                    return adopted
+            except BrokerError as exc:
+                status.last_error = exc
+                status.failures += 1
+                status.state = "login_required" if isinstance(exc, LoginRequired) else "error"
+                log.warning("refresh failed provider=%s account=%s code=%s: %s", key[0], key[1], exc.code, exc.message)
+                raise
+            try:
+                fresh = await self.credentials.put(fresh, spent=credential.refresh_token)
+            except StoreError as exc:
+                status.state, status.last_error = "error", exc
+                log.error("refreshed but not persisted provider=%s account=%s: %s", key[0], key[1], exc)
+                raise
         status.state, status.last_error, status.failures = "ready", None, 0
         status.last_refresh_at = self.clock.now()
         status.refreshes += 1
         log.info("refreshed provider=%s account=%s expires_in=%s", key[0], key[1], _expires_in(fresh, self.clock))
         return fresh
 
+    async def _adopt_newer_file(
+        self, key: CredentialKey, credential: Credential, *, any_change: bool = False
+    ) -> Credential | None:
+        """For a followed file: the CLI's newer credential when it already did the work.
+
+        Re-read just before redeeming a refresh token: if the CLI refreshed first, its
+        tokens are used (and its refresh token is not spent twice). After a dead-grant
+        answer, any change in the file counts: the CLI may have logged in again.
+        """
+        state = self.credentials.followed.state_of(key)
+        if state is None:
+            return None
+        state, _ = await self.credentials.reread(state.spec.path)
+        latest = state.credential
+        if latest is None:
+            problem = state.problem
+            raise LoginRequired(
+                problem.message if problem else f"{key[0]}: {state.spec.path} is gone",
+                problem.hint if problem and problem.hint else state.spec.login_hint,
+            )
+        if latest == credential:
+            return None
+        if any_change or latest.remaining(self.clock.now()) > refresh_lead(latest, self.margin):
+            log.info("using the tokens the CLI wrote provider=%s file=%s", key[0], state.spec.path)
+            return latest
+        return None
+
+    def _dead_login(self, key: CredentialKey, error: LoginRequired) -> LoginRequired:
+        """A dead login says how to revive it: the owning CLI's login for a followed file."""
+        state = self.credentials.followed.state_of(key)
+        if state is None:
+            return error
+        return LoginRequired(f"{error.message} (in {state.spec.path})", state.spec.login_hint)
+
+    def refreshable(self, key: CredentialKey) -> bool:
+        credential = self.credentials.get(key)
+        return credential is not None and self._refreshable(self.registry().get(key[0]), credential)
+
+    def _refreshable(self, provider: Provider, credential: Credential) -> bool:
+        return provider.can_refresh(credential) and self.credentials.may_refresh(credential.key)
+
+    def _cannot_refresh(self, credential: Credential) -> BrokerError:
+        name = credential.provider
+        state = self.credentials.followed.state_of(credential.key)
+        if state is not None and state.spec.mode == "follow":
+            return RefreshFailed(
+                f"{name}: the token in {state.spec.path} expired and broker only follows that file",
+                f"let {state.spec.cli} refresh it ({state.spec.login_hint.removeprefix('run: ')}), "
+                f"or set write_back = true under [providers.{name}]",
+            )
+        return LoginRequired(f"{name}: the token expired and cannot be refreshed", f"run: broker login {name}")
+
     async def _call_provider(self, provider: Provider, credential: Credential) -> Credential:
         """The provider's refresh, with a few quick retries for transient faults."""
+        status = self.status(credential.key)
         for attempt in range(QUICK_RETRIES + 1):
             try:
-                return await provider.refresh(self.context, credential)
+                fresh = await provider.refresh(self.context, credential)
+                status.not_before = None
+                return fresh
             except TransportError as exc:
                 delay = exc.retry_after if exc.retry_after is not None else backoff_delay(attempt + 1) / 4
                 if attempt == QUICK_RETRIES or delay > QUICK_RETRY_MAX_WAIT:
+                    if exc.retry_after is not None:
+                        status.not_before = self.clock.now() + exc.retry_after
                     raise to_broker_error(exc, provider.name, "refresh") from None
                 await self.clock.sleep(delay)
             except FlowError as exc:
@@ -227,14 +308,15 @@ class Refresher:
                 return
             provider = self.registry().get(credential.provider)
             status = self.status(key)
-            if not provider.can_refresh(credential) or status.state == "login_required":
+            if not self._refreshable(provider, credential) or status.state == "login_required":
                 return
             if status.failures:
-                due = self.clock.now() + backoff_delay(status.failures)
+                due = max(self.clock.now() + backoff_delay(status.failures), status.not_before or 0.0)
             else:
                 lead = refresh_lead(credential, self.margin)
                 due = credential.expires_at - lead - _random.uniform(0, min(MAX_JITTER, JITTER_SHARE * lead))
             status.next_refresh_at = due
+            await self._changed()
             await self._sleep_until(due)
             if self.credentials.get(key) is not credential:
                 continue  # replaced meanwhile (a login, an on-demand refresh): plan again

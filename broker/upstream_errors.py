@@ -13,7 +13,15 @@ from broker.errors import (
 )
 from flows.errors import FlowError, OAuthError, RedirectError, TransportError
 
-DEAD_GRANT = {"invalid_grant", "refresh_token_reused", "invalid_token", "token_expired"}
+DEAD_GRANT = {
+    "invalid_grant",
+    "invalid_token",
+    "token_expired",
+    "refresh_token_reused",
+    "refresh_token_expired",
+    "refresh_token_invalidated",
+}
+"""Answers after which a refresh token will never work again (OpenAI adds its own three)."""
 
 
 def to_broker_error(exc: FlowError, provider: str, during: Literal["login", "refresh"]) -> BrokerError:

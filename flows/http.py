@@ -101,7 +101,7 @@ class HttpClient:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
-                body = await response.content.read(MAX_BODY)
+                body = await _read_body(response.content)
                 return HttpResponse(
                     status=response.status,
                     headers=dict(response.headers),
@@ -112,6 +112,16 @@ class HttpClient:
             raise TransportError(f"{_without_query(url)} did not answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise TransportError(f"{_without_query(url)}: {type(exc).__name__}: {exc}") from None
+
+
+async def _read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole body, up to MAX_BODY bytes: one ``read(n)`` returns only what has arrived yet."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_BODY and (chunk := await content.read(MAX_BODY - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _without_query(url: str) -> str:

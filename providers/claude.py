@@ -1,0 +1,143 @@
+"""Claude subscription: Claude Code's own login, kept fresh for every Claude Code.
+
+Anthropic allows subscription (OAuth) tokens only inside Claude Code, so broker does
+not log in to Claude itself and its proxy does not serve it. What broker adds is one
+refresher for ``~/.claude/.credentials.json`` instead of one per running Claude Code:
+its refresh tokens rotate, and Claude Code instances that refresh the same copy log
+each other out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.config import Section
+from broker.errors import BadRequest
+from broker.model import Credential
+from flows import refresh
+from flows.errors import OAuthError
+from flows.token import OAuthClient
+from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from providers.endpoint_table import endpoints_from
+from providers.files import FileProblem, FollowedFile, file_path, home, require
+
+NAME = "claude"
+DESCRIPTION = "Claude subscription, from Claude Code's login (usable only by Claude Code itself)"
+API = "anthropic"
+BASE_URL = "https://api.anthropic.com"
+CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+ENDPOINTS = {
+    "token": "https://platform.claude.com/v1/oauth/token",
+    "authorize": "https://claude.ai/oauth/authorize",
+}
+HEADERS = {"anthropic-beta": "oauth-2025-04-20"}
+FILE_ACCOUNT = "claude-code"
+OAUTH_KEY = "claudeAiOauth"
+CONFIG_KEYS = ("endpoints", "client_id", "base_url", "proxy")
+LOGIN_HINT = "run: claude, then /login"
+
+
+@dataclass
+class ClaudeProvider(Provider):
+    name: str = NAME
+    api: str = API
+    base_url: str | None = BASE_URL
+    flows: tuple[str, ...] = ("file",)
+    description: str = DESCRIPTION
+    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
+    client_id: str = CLIENT_ID
+    proxy: str | None = None
+    proxy_allowed: bool = False
+
+    @classmethod
+    def from_config(cls, name: str, section: Section) -> ClaudeProvider:
+        section.check_keys(CONFIG_KEYS)
+        return cls(
+            name=name,
+            base_url=section.url("base_url", BASE_URL),
+            endpoints=endpoints_from(section, ENDPOINTS),
+            client_id=section.str("client_id", CLIENT_ID),
+            proxy=section.optional_str("proxy"),
+        )
+
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        raise BadRequest(
+            "Claude subscriptions sign in inside Claude Code; broker then keeps that login fresh",
+            f"{LOGIN_HINT}; broker follows ~/.claude/.credentials.json by itself",
+        )
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        if not credential.refresh_token:
+            raise OAuthError("invalid_grant", "Claude Code's file holds no refresh token")
+        tokens = await refresh.refresh(
+            ctx.http(proxy=self.proxy),
+            self.endpoints["token"],
+            OAuthClient(self.client_id, json_body=True),
+            credential.refresh_token,
+            now=ctx.now(),
+        )
+        return credential.replace(
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            expires_at=tokens.expires_at,
+            issued_at=tokens.issued_at,
+        )
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return bool(credential.refresh_token)
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        if not self.follow.enabled:
+            return ()
+        default = file_path(env, "CLAUDE_CONFIG_DIR", home(env) / ".claude", ".credentials.json")
+        return (
+            FollowedFile(
+                provider=self.name,
+                account=FILE_ACCOUNT,
+                path=self.follow.file or default,
+                cli="Claude Code",
+                parse=self._parse,
+                merge=_merge,
+                mode="lead" if self.follow.write_back else "follow",
+                login_hint=LOGIN_HINT,
+                lead=600.0,
+            ),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "endpoints": dict(self.endpoints),
+            "note": "Anthropic allows these tokens only in Claude Code; the proxy does not serve them",
+        }
+
+    def _parse(self, doc: dict[str, Any]) -> Credential:
+        oauth = require(doc, OAUTH_KEY, dict, "Claude Code's file")
+        where = f"{OAUTH_KEY}"
+        expires_ms = oauth.get("expiresAt")
+        if not isinstance(expires_ms, int | float) or isinstance(expires_ms, bool):
+            raise FileProblem(f"{where}.expiresAt is missing or not a number")
+        refresh_token = oauth.get("refreshToken")
+        return Credential(
+            provider=self.name,
+            account=FILE_ACCOUNT,
+            access_token=require(oauth, "accessToken", str, where),
+            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            expires_at=expires_ms / 1000,
+            base_url=self.base_url,
+            api=self.api,
+            headers=dict(HEADERS),
+            extra={k: oauth[k] for k in ("scopes", "subscriptionType") if k in oauth},
+        )
+
+
+def _merge(doc: dict[str, Any], credential: Credential) -> dict[str, Any]:
+    oauth = doc.setdefault(OAUTH_KEY, {})
+    oauth["accessToken"] = credential.access_token
+    if credential.refresh_token:
+        oauth["refreshToken"] = credential.refresh_token
+    if credential.expires_at is not None:
+        oauth["expiresAt"] = int(credential.expires_at * 1000)
+    return doc

@@ -1,0 +1,165 @@
+"""Gemini CLI's Google login (``~/.gemini/oauth_creds.json``), kept fresh for Gemini CLI.
+
+Google's terms let only Gemini CLI use this login, so broker neither signs in to it
+nor serves it through its proxy; other tools have the Gemini API key (``gemini-api``)
+or Vertex (``vertex``). What broker adds is one refresher ahead of every Gemini CLI,
+and a write-back that merges: Google's refresh answer has no refresh token, and
+replacing the file with it logs Gemini CLI out an hour later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.config import Section
+from broker.errors import BadRequest, LoginRequired
+from broker.model import Credential
+from flows import refresh
+from flows.errors import OAuthError
+from flows.token import OAuthClient
+from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from providers.endpoint_table import endpoints_from
+from providers.files import FileProblem, FollowedFile, home, require
+
+NAME = "gemini"
+DESCRIPTION = "Gemini CLI's Google login, kept fresh for Gemini CLI (usable only by Gemini CLI itself)"
+API = "gemini-code-assist"
+BASE_URL = "https://cloudcode-pa.googleapis.com/v1internal"
+CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
+CLIENT_SECRET = "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"
+"""Gemini CLI's installed-app client; its secret is public by design (RFC 8252 §8.5)."""
+ENDPOINTS = {"token": "https://oauth2.googleapis.com/token"}
+FILE_ACCOUNT = "gemini-cli"
+HOME_VARIABLE = "GEMINI_CLI_HOME"
+"""Replaces the home directory for Gemini CLI: the file is ``$GEMINI_CLI_HOME/.gemini/oauth_creds.json``."""
+CONFIG_KEYS = ("endpoints", "client_id", "client_secret", "base_url", "proxy")
+LOGIN_HINT = "run: gemini, then choose Login with Google"
+NOTE = (
+    "Google allows this login only in Gemini CLI: broker keeps it fresh for Gemini CLI and the proxy does not "
+    "serve it; other tools can use gemini-api (an API key) or vertex"
+)
+
+
+@dataclass
+class GeminiProvider(Provider):
+    name: str = NAME
+    api: str = API
+    base_url: str | None = BASE_URL
+    flows: tuple[str, ...] = ("file",)
+    description: str = DESCRIPTION
+    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
+    client_id: str = CLIENT_ID
+    client_secret: str = field(default=CLIENT_SECRET, repr=False)
+    proxy: str | None = None
+    proxy_allowed: bool = False
+
+    @classmethod
+    def from_config(cls, name: str, section: Section) -> GeminiProvider:
+        section.check_keys(CONFIG_KEYS)
+        return cls(
+            name=name,
+            base_url=section.url("base_url", BASE_URL),
+            endpoints=endpoints_from(section, ENDPOINTS),
+            client_id=section.str("client_id", CLIENT_ID),
+            client_secret=section.str("client_secret", CLIENT_SECRET),
+            proxy=section.optional_str("proxy"),
+        )
+
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        raise BadRequest(
+            "Gemini CLI's Google login happens inside Gemini CLI; broker then keeps that login fresh",
+            f"{LOGIN_HINT}; broker follows ~/.gemini/oauth_creds.json by itself "
+            "(for other tools: broker login gemini-api, or vertex)",
+        )
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        if not credential.refresh_token:
+            raise OAuthError("invalid_grant", "Gemini CLI's file holds no refresh token")
+        try:
+            tokens = await refresh.refresh(
+                ctx.http(proxy=self.proxy),
+                self.endpoints["token"],
+                OAuthClient(self.client_id, self.client_secret, auth_method="client_secret_post"),
+                credential.refresh_token,
+                now=ctx.now(),
+            )
+        except OAuthError as exc:
+            if exc.error != "unauthorized_client":
+                raise
+            # Google binds a refresh token to the client that got it: no retry can help.
+            raise LoginRequired(
+                f"{self.name}: the login in Gemini CLI's file was made by another app, whose refresh token "
+                f"Gemini CLI's client cannot use ({exc})",
+                LOGIN_HINT,
+            ) from None
+        extra = {k: v for k, v in credential.extra.items() if k != "id_token"}
+        if tokens.id_token:
+            extra["id_token"] = tokens.id_token
+        if tokens.scope:
+            extra["scope"] = tokens.scope
+        return credential.replace(
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,  # Google's answer has none: flows.refresh kept the old one
+            expires_at=tokens.expires_at,
+            issued_at=tokens.issued_at,
+            token_type=tokens.token_type,
+            extra=extra,
+        )
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return bool(credential.refresh_token)
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        if not self.follow.enabled:
+            return ()
+        cli_home = Path(env[HOME_VARIABLE]).expanduser() if env.get(HOME_VARIABLE) else home(env)
+        return (
+            FollowedFile(
+                provider=self.name,
+                account=FILE_ACCOUNT,
+                path=self.follow.file or cli_home / ".gemini" / "oauth_creds.json",
+                cli="Gemini CLI",
+                parse=self._parse,
+                merge=_merge,
+                mode="lead" if self.follow.write_back else "follow",
+                login_hint=LOGIN_HINT,
+                lead=600.0,  # Gemini CLI refreshes 5 min ahead; broker comes first
+            ),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "endpoints": dict(self.endpoints), "client_id": self.client_id, "note": NOTE}
+
+    def _parse(self, doc: dict[str, Any]) -> Credential:
+        where = "Gemini CLI's file"
+        expires_ms = doc.get("expiry_date")
+        if not isinstance(expires_ms, int | float) or isinstance(expires_ms, bool):
+            raise FileProblem(f"{where}: expiry_date is missing or not a number")
+        refresh_token = doc.get("refresh_token")
+        token_type = doc.get("token_type")
+        return Credential(
+            provider=self.name,
+            account=FILE_ACCOUNT,
+            access_token=require(doc, "access_token", str, where),
+            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            expires_at=expires_ms / 1000,
+            token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+            base_url=self.base_url,
+            api=self.api,
+        )
+
+
+def _merge(doc: dict[str, Any], credential: Credential) -> dict[str, Any]:
+    """The new access token and expiry into Gemini CLI's JSON; its refresh token and the rest stay."""
+    doc["access_token"] = credential.access_token
+    if credential.refresh_token:
+        doc["refresh_token"] = credential.refresh_token
+    if credential.expires_at is not None:
+        doc["expiry_date"] = int(credential.expires_at * 1000)
+    for key in ("id_token", "scope"):
+        if isinstance(credential.extra.get(key), str):
+            doc[key] = credential.extra[key]
+    return doc

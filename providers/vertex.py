@@ -1,0 +1,243 @@
+"""Vertex AI with tokens minted from gcloud's application default credentials (ADC).
+
+The ADC file is gcloud's, and nothing in it expires on a schedule: it holds either a
+user's refresh token (``authorized_user``, from ``gcloud auth application-default
+login``) or a service account's private key (``service_account``). So broker never
+writes it; it mints an access token from it (one hour) and keeps that in memory,
+minting the next one ahead of expiry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from broker.config import Section
+from broker.errors import BadRequest, BrokerError, RefreshFailed
+from broker.model import Credential
+from broker.upstream_errors import to_broker_error
+from flows import refresh
+from flows.errors import OAuthError
+from flows.token import OAuthClient, TokenSet, request_token
+from providers import google_jwt
+from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from providers.endpoint_table import endpoints_from
+from providers.files import FileProblem, FollowedFile, file_path, home, require
+
+NAME = "vertex"
+DESCRIPTION = "Claude on Vertex AI, with tokens minted from gcloud's application default credentials"
+API = "anthropic-vertex"
+"""Anthropic Messages at ``{base_url}/{model}:rawPredict`` with ``anthropic_version`` in the body."""
+OTHER_PUBLISHER_API = "vertex"
+ENDPOINTS = {"token": "https://oauth2.googleapis.com/token"}
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+REGION = "us-east5"
+PUBLISHER = "anthropic"
+ADC_NAME = "application_default_credentials.json"
+FILE_ACCOUNT = "adc"
+TOKEN_LIFETIME = 3600
+SUPPORTED = ("authorized_user", "service_account")
+CONFIG_KEYS = ("endpoints", "region", "project", "publisher", "base_url", "proxy")
+LOGIN_HINT = "run: gcloud auth application-default login"
+NOT_MINTED = 0.0
+"""The expiry of a credential fresh from the file: no access token yet, so the refresher mints at once."""
+_NAME_PART = re.compile(r"[a-z0-9][a-z0-9-]*")
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]*")
+
+
+@dataclass
+class VertexProvider(Provider):
+    name: str = NAME
+    api: str = API
+    base_url: str | None = None
+    """Only when the config fixes it (``base_url``, or ``project``); else each file's project decides."""
+    flows: tuple[str, ...] = ("file",)
+    description: str = DESCRIPTION
+    token_override: str | None = None
+    """``[providers.vertex.endpoints] token``: wins over the file's ``token_uri``."""
+    region: str = REGION
+    project: str | None = None
+    publisher: str = PUBLISHER
+    forced_base_url: str | None = None
+    proxy: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, section: Section) -> VertexProvider:
+        section.check_keys(CONFIG_KEYS)
+        region = _checked(section, "region", section.str("region", REGION), _NAME_PART)
+        publisher = _checked(section, "publisher", section.str("publisher", PUBLISHER), _NAME_PART)
+        project = section.optional_str("project")
+        if project is not None:
+            project = _checked(section, "project", project, _PROJECT)
+        forced = section.url("base_url", None)
+        endpoints = endpoints_from(section, ENDPOINTS)
+        return cls(
+            name=name,
+            api=API if publisher == PUBLISHER else OTHER_PUBLISHER_API,
+            base_url=forced or (base_url_of(region, project, publisher) if project else None),
+            token_override=endpoints["token"] if "token" in section.section("endpoints") else None,
+            region=region,
+            project=project,
+            publisher=publisher,
+            forced_base_url=forced,
+            proxy=section.optional_str("proxy"),
+        )
+
+    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
+        raise BadRequest(
+            "Vertex AI uses gcloud's application default credentials; broker mints tokens from them",
+            f"{LOGIN_HINT} (or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file)",
+        )
+
+    async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        """Mint a new access token from what the file holds; the file itself is never touched."""
+        now = ctx.now()
+        endpoint = self.token_override or credential.extra.get("token_uri") or ENDPOINTS["token"]
+        try:
+            tokens = await self._mint(ctx, credential, endpoint, now)
+        except OAuthError as exc:
+            raise _refusal(exc, self.name, credential) from None
+        return credential.replace(
+            access_token=tokens.access_token,
+            expires_at=tokens.expires_at or now + TOKEN_LIFETIME,
+            issued_at=now,
+            token_type=tokens.token_type,
+        )
+
+    def can_refresh(self, credential: Credential) -> bool:
+        return credential.extra.get("type") in SUPPORTED
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        if not self.follow.enabled:
+            return ()
+        explicit = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+        default = file_path(env, "CLOUDSDK_CONFIG", home(env) / ".config" / "gcloud", ADC_NAME)
+        # google-auth's order: the environment's project beats the one in the credentials file
+        env_project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCLOUD_PROJECT") or None
+
+        def parse(doc: dict[str, Any]) -> Credential:
+            return self._parse(doc, env_project)
+
+        return (
+            FollowedFile(
+                provider=self.name,
+                account=FILE_ACCOUNT,
+                path=self.follow.file or (Path(explicit).expanduser() if explicit else default),
+                cli="gcloud",
+                parse=parse,
+                merge=None,
+                mode="mint",
+                login_hint=LOGIN_HINT,
+                lead=300.0,
+            ),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        template = _models_url(self.region, "{project}", self.publisher)
+        return {
+            **super().describe(),
+            "base_url": self.base_url or template,
+            "endpoints": {"token": self.token_override or ENDPOINTS["token"]},
+            "region": self.region,
+            "project": self.project,
+            "publisher": self.publisher,
+            "note": "broker mints 1-hour tokens from the ADC file (at its token_uri unless endpoints.token is set) "
+            "and never writes it",
+        }
+
+    async def _mint(self, ctx: ProviderContext, credential: Credential, endpoint: str, now: float) -> TokenSet:
+        http = ctx.http(proxy=self.proxy)
+        extra = credential.extra
+        if extra.get("type") == "service_account":
+            try:
+                key = google_jwt.load_rsa_key(str(extra.get("private_key", "")))
+            except ValueError as exc:
+                raise OAuthError("invalid_grant", f"the service account's private_key is {exc}") from None
+            claims = google_jwt.bearer_claims(str(extra["client_email"]), endpoint, SCOPE, now)
+            assertion = google_jwt.sign_rs256(key, claims, extra.get("private_key_id"))
+            # The assertion is the client's authentication: no client_id goes with it (RFC 7523 §3.1).
+            return await request_token(
+                http, endpoint, OAuthClient(""), google_jwt.GRANT_TYPE, {"assertion": assertion}, now=now
+            )
+        if not credential.refresh_token:
+            raise OAuthError("invalid_grant", "the ADC file holds no refresh token")
+        client = OAuthClient(str(extra["client_id"]), str(extra["client_secret"]), auth_method="client_secret_post")
+        return await refresh.refresh(http, endpoint, client, credential.refresh_token, now=now)
+
+    def _parse(self, doc: dict[str, Any], env_project: str | None) -> Credential:
+        where = "the ADC file"
+        kind = require(doc, "type", str, where)
+        quota_project = _optional_str(doc, "quota_project_id")
+        token_uri = _optional_str(doc, "token_uri")
+        if token_uri is not None and not token_uri.startswith("https://"):
+            raise FileProblem(f"{where}: token_uri is not an https:// URL; broker sends no secret in clear text")
+        extra: dict[str, Any] = {"type": kind, "token_uri": token_uri}
+        refresh_token: str | None = None
+        if kind == "authorized_user":
+            extra["client_id"] = require(doc, "client_id", str, where)
+            extra["client_secret"] = require(doc, "client_secret", str, where)
+            refresh_token = require(doc, "refresh_token", str, where)
+        elif kind == "service_account":
+            extra["client_email"] = require(doc, "client_email", str, where)
+            extra["private_key"] = require(doc, "private_key", str, where)
+            extra["private_key_id"] = _optional_str(doc, "private_key_id")
+            try:
+                google_jwt.load_rsa_key(extra["private_key"])
+            except ValueError as exc:
+                raise FileProblem(f"{where}: private_key is {exc}") from None
+        else:
+            raise FileProblem(
+                f"{where} holds credentials of type {kind!r}, which broker does not support "
+                f"(it mints tokens from {' and '.join(SUPPORTED)} files)",
+                f"{LOGIN_HINT}, or point GOOGLE_APPLICATION_CREDENTIALS at a service account key file",
+            )
+        project = self.project or env_project or _optional_str(doc, "project_id") or quota_project
+        return Credential(
+            provider=self.name,
+            account=FILE_ACCOUNT,
+            access_token="",
+            refresh_token=refresh_token,
+            expires_at=NOT_MINTED,
+            base_url=self.forced_base_url or (base_url_of(self.region, project, self.publisher) if project else None),
+            api=self.api,
+            headers={"x-goog-user-project": quota_project} if quota_project else {},
+            extra=extra,
+        )
+
+
+def base_url_of(region: str, project: str, publisher: str = PUBLISHER) -> str:
+    """Vertex's models URL of one publisher in one project; ``global`` has no regional host."""
+    return _models_url(region, quote(project, safe=":"), publisher)
+
+
+def _models_url(region: str, project_part: str, publisher: str) -> str:
+    host = "aiplatform.googleapis.com" if region == "global" else f"{region}-aiplatform.googleapis.com"
+    return f"https://{host}/v1/projects/{project_part}/locations/{region}/publishers/{publisher}/models"
+
+
+def _checked(section: Section, key: str, value: str, pattern: re.Pattern[str]) -> str:
+    """A config value that becomes part of a URL: plain names only."""
+    if not pattern.fullmatch(value):
+        raise section.error(key, f"is not a valid {key} name (lowercase letters, digits and dashes)")
+    return value
+
+
+def _optional_str(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _refusal(exc: OAuthError, provider: str, credential: Credential) -> BrokerError:
+    """Google's refusal, with a hint about the ADC file rather than about broker's config."""
+    if exc.error in ("invalid_client", "unauthorized_client", "invalid_scope"):
+        fix = (
+            "create a new key for the service account"
+            if credential.extra.get("type") == "service_account"
+            else LOGIN_HINT
+        )
+        return RefreshFailed(f"{provider}: Google refused the ADC file's credentials ({exc})", fix)
+    return to_broker_error(exc, provider, "refresh")
