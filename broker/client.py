@@ -3,7 +3,7 @@
 This is the fast path of ``broker token``: it imports nothing beyond a few stdlib
 modules (not even ``http.client``, see ``broker.wire``), so a shell's
 ``$(broker token codex)`` costs about as much as starting Python. Other Python tools
-can use it too::
+can use it too (``await aget_token(...)`` in asyncio code)::
 
     from broker.client import get_token
     token = get_token("codex")
@@ -121,3 +121,12 @@ def get_token(
     """A fresh token for ``provider``: access_token, base_url, headers, expires_at, api."""
     with Client(socket_path) as client:
         return client.token(provider, account, min_ttl)
+
+
+async def aget_token(
+    provider: str, account: str | None = None, min_ttl: float | None = None, socket_path: Path | str | None = None
+) -> dict[str, Any]:
+    """``get_token`` for asyncio programs (on aiohttp, imported only when called)."""
+    from broker.aclient import get_token as fetch
+
+    return await fetch(provider, account, min_ttl, socket_path)

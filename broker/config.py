@@ -39,12 +39,15 @@ __all__ = [
 
 STORE_BACKENDS = ("auto", "keyring", "file")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PROXY_HOSTS = ("127.0.0.1", "::1")
+"""The auth proxy listens on loopback only."""
 DEFAULT_REFRESH_MARGIN = 60.0
 FILE_HINT = "fix the file, or point BROKER_CONFIG at another one"
 _TOP_LEVEL = {
     "daemon": ("socket", "log_level"),
     "store": ("backend", "state_dir"),
     "refresh": ("margin",),
+    "proxy": ("port", "host"),
     "providers": None,  # each provider's keys are checked by the provider itself
 }
 
@@ -637,6 +640,9 @@ class Settings:
     """Seconds; the refresher uses max(margin, 10 % of the token's lifetime)."""
     root: Section
     providers: dict[str, Section]
+    proxy_port: int | None = None
+    """The auth proxy's port (0: any free one); ``None``: no proxy."""
+    proxy_host: str = "127.0.0.1"
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
@@ -676,6 +682,8 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         refresh_margin=tables["refresh"].float("margin", DEFAULT_REFRESH_MARGIN, min=0),
         root=root,
         providers=providers,
+        proxy_port=tables["proxy"].int("port", min=0, max=65535) if "port" in tables["proxy"] else None,
+        proxy_host=tables["proxy"].choice("host", PROXY_HOSTS, "127.0.0.1"),
     )
 
 

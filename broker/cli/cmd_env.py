@@ -1,4 +1,4 @@
-"""``broker env NAME``: ``export`` lines for a shell's ``eval``."""
+"""``broker env NAME``: ``export`` lines for a shell's ``eval``; ``--proxy`` for the auth proxy's."""
 
 from __future__ import annotations
 
@@ -7,18 +7,34 @@ import json
 import sys
 
 from broker.cli.connect import client
+from broker.client import Client, quote
 from broker.envvars import variables
+from broker.errors import BadRequest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
     with client(args) as daemon:
-        values = variables(daemon.token(args.provider, args.account))
+        values = variables(answer(daemon, args))
     if args.json:
         json.dump(values, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.writelines(f"export {name}={shell_quote(value)}\n" for name, value in values.items())
     return 0
+
+
+def answer(daemon: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """The token answer, or with ``--proxy`` the proxy's (its base URL for the provider and its key)."""
+    if not args.proxy:
+        return daemon.token(args.provider, args.account)
+    if args.account:
+        raise BadRequest("the proxy serves a provider's default account", "drop --account, or use it without --proxy")
+    result: dict[str, Any] = daemon.request("GET", f"/v1/proxy/{quote(args.provider)}")
+    return result
 
 
 def shell_quote(value: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from broker.cli.cmd_env import answer
 from broker.cli.connect import client
 from broker.envvars import variables
 from broker.errors import BadRequest
@@ -16,12 +17,17 @@ from broker.errors import BadRequest
 
 def run(args: argparse.Namespace) -> int:
     argv = list(args.argv)
+    while argv and argv[0] in ("--proxy", "--account"):  # given after NAME, argparse leaves them in argv
+        if argv.pop(0) == "--proxy":
+            args.proxy = True
+        elif argv:
+            args.account = argv.pop(0)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise BadRequest("no command given", f"usage: broker exec {args.provider} -- COMMAND [ARGS...]")
     with client(args) as daemon:
-        values = variables(daemon.token(args.provider, args.account))
+        values = variables(answer(daemon, args))
     try:
         os.execvpe(argv[0], argv, {**os.environ, **values})  # noqa: S606 - replacing this process is the point
     except FileNotFoundError:

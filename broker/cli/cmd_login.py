@@ -62,7 +62,8 @@ def _secret(args: argparse.Namespace) -> str | None:
     if provider.get("secret_env") and os.environ.get(provider["secret_env"]):
         return os.environ[provider["secret_env"]].strip()
     if not sys.stdin.isatty():
-        hint = f"pipe it in with --token-stdin, or set {provider.get('secret_env') or 'it'}"
+        env = provider.get("secret_env")
+        hint = "pipe it in with --token-stdin (or --key-stdin)" + (f", or set {env}" if env else "")
         raise BadRequest(f"{args.provider} needs a {provider['secret_prompt']}", hint)
     import getpass
 

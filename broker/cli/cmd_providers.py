@@ -20,5 +20,7 @@ def run(args: argparse.Namespace) -> int:
         print("no providers configured: add [providers.NAME] to the config (see README)")
     for provider in listing["providers"]:
         flows = ", ".join(provider.get("flows", []))
-        print(f"{provider['name']:<14} {provider.get('api') or '':<17} {provider['state']:<14} login: {flows}")
+        login = f"{provider.get('login') or ''}" + (f" [{flows}]" if flows else "")
+        api, auth = provider.get("api") or "", provider.get("auth") or ""
+        print(f"{provider['name']:<14} {api:<17} auth: {auth:<10} {provider['state']:<14} login: {login}")
     return 0

@@ -32,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':<12} error: {error['code']}: {error['message']}")
             if error.get("hint"):
                 print(f"{'':<12}        {error['hint']}")
+    for provider in listing["providers"]:  # local servers: no login, a probe's answer
+        if not provider.get("accounts") and provider.get("state") in ("ready", "unreachable"):
+            print(f"{provider['name']:<12} {'(local server)':<28} {provider['state']:<15} {provider.get('base_url')}")
     return 0
