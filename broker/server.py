@@ -86,6 +86,8 @@ async def read_json(request: web.Request) -> dict[str, object]:
         body = json.loads(raw)
     except ValueError:
         raise BadRequest("the request body is not JSON") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
@@ -111,7 +113,7 @@ def bind_unix_socket(path: Path) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(256)
+    sock.listen(socket.SOMAXCONN)  # a burst of clients must not meet EAGAIN: non-blocking connects fail at once
     sock.setblocking(False)
     return sock
 
