@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,14 +15,17 @@ from aiohttp import web
 from broker import __version__
 from broker.clock import Clock
 from broker.credentials import CredentialSet
-from broker.errors import BadRequest, BrokerError, NotLoggedIn
+from broker.errors import BadRequest, BrokerError, NotLoggedIn, UnknownProvider
 from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
+from broker.proxy import AuthProxy
 from broker.refresher import Refresher
 from broker.server import read_json
 from providers.base import LoginRequest, Provider
 from providers.registry import Registry
+
+log = logging.getLogger("broker.api")
 
 DEFAULT_MIN_TTL = 60.0
 LOGIN_FIELDS = {"account", "flow", "secret", "enterprise_url"}
@@ -35,6 +40,8 @@ class Api:
     metrics: Metrics
     clock: Clock
     store_description: Callable[[], str]
+    proxy: AuthProxy | None = None
+    """The auth-injecting local proxy, when it runs."""
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -45,6 +52,7 @@ class Api:
             web.post("/v1/login/{provider}/redirect", self.login_redirect),
             web.delete("/v1/credentials/{provider}", self.logout),
             web.post("/v1/refresh/{provider}", self.refresh),
+            web.get("/v1/proxy/{provider}", self.proxy_client),
             web.get("/metrics", self.prometheus),
         ]
 
@@ -62,20 +70,48 @@ class Api:
 
     async def token(self, request: web.Request) -> web.Response:
         min_ttl = _number(request.query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
-        provider, key = self._resolve(request)
-        credential = await self.refresher.fresh(key, min_ttl)
+        provider, credential = await self.fresh_token(
+            request.match_info["provider"], request.query.get("account"), min_ttl
+        )
         return web.json_response(self._token_body(provider, credential))
+
+    async def fresh_token(self, name: str, account: str | None, min_ttl: float) -> tuple[Provider, Credential]:
+        """What ``/v1/token`` and the proxy serve; servers without auth need no stored login."""
+        provider = self.registry().get(name)
+        if not provider.needs_credential:
+            return provider, provider.keyless_credential()
+        provider, key = self.resolve(name, account)
+        return provider, await self.refresher.fresh(key, min_ttl)
+
+    async def proxy_client(self, request: web.Request) -> web.Response:
+        """The proxy's base URL for a provider and its key, shaped like a token answer."""
+        provider = self.registry().get(request.match_info["provider"])
+        if self.proxy is None:
+            raise BadRequest(
+                "the auth proxy is off", "start it with: broker serve --proxy-port PORT (or [proxy] port in the config)"
+            )
+        answer = self.proxy.client_answer(provider)
+        if provider.needs_credential:
+            self.resolve(provider.name, None)  # not logged in: say so now, not at the tool's first request
+        return web.json_response(answer)
 
     async def providers(self, request: web.Request) -> web.Response:
         registry = self.registry()
+        probed = await self._probe(registry)
         listed = []
         for provider in registry:
-            accounts = [self._account_state(c) for c in self.credentials.all() if c.provider == provider.name]
-            listed.append({**provider.describe(), "state": _overall(accounts), "accounts": accounts})
+            order = self.credentials.accounts(provider.name, provider.follow.prefer == "file")
+            held = [self.credentials.get((provider.name, account)) for account in order]
+            accounts = [self._account_state(credential) for credential in held if credential is not None]
+            files = self._files_of(provider.name)
+            overall = probed.get(provider.name) or _overall(accounts)
+            if overall == "logged_out" and any(f["state"] == "error" for f in files):
+                overall = "error"
+            listed.append({**provider.describe(), "state": overall, "accounts": accounts, "files": files})
         orphans = [c for c in self.credentials.all() if c.provider not in registry]
         for credential in orphans:
             state = self._account_state(credential)
-            state.update(state="error", last_error={"code": "unknown_provider", "message": "no longer configured"})
+            state.update(state="error", last_error=UnknownProvider("no longer configured").to_wire()["error"])
             listed.append({"name": credential.provider, "state": "error", "accounts": [state]})
         error = self.credentials.load_error
         return web.json_response(
@@ -111,6 +147,10 @@ class Api:
             credential = await self.logins.run(name, login, emit)
         except BrokerError as exc:
             await emit({"event": "error", **exc.to_wire()["error"]})
+        except Exception:
+            # The stream has started: the error must be an event, not a second response.
+            log.exception("login crashed provider=%s", name)
+            await emit({"event": "error", **BrokerError("internal error", "see the daemon's log").to_wire()["error"]})
         else:
             await emit({"event": "done", "provider": name, "account": credential.account})
         await response.write_eof()
@@ -148,7 +188,9 @@ class Api:
     async def refresh(self, request: web.Request) -> web.Response:
         provider, key = self._resolve(request)
         credential = self.credentials.get(key)
-        if credential is not None and not provider.can_refresh(credential):
+        if credential is None:
+            raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
+        if not provider.can_refresh(credential):
             raise BadRequest(f"{provider.name} tokens do not expire and have nothing to refresh")
         fresh = await self.refresher.refresh_now(key)
         self.refresher.ensure_watched(key)
@@ -163,15 +205,49 @@ class Api:
             self.registry().get(name)
 
     def _resolve(self, request: web.Request) -> tuple[Provider, CredentialKey]:
-        name = request.match_info["provider"]
+        return self.resolve(request.match_info["provider"], request.query.get("account"))
+
+    def resolve(self, name: str, account: str | None) -> tuple[Provider, CredentialKey]:
+        """The provider and the key of the asked account, else of the default one."""
         provider = self.registry().get(name)
-        account = request.query.get("account")
         if account is None:
-            accounts = self.credentials.accounts(name)
+            accounts = self.credentials.accounts(name, provider.follow.prefer == "file")
             if not accounts:
-                raise self.credentials.load_error or NotLoggedIn(f"{name}: not logged in", f"run: broker login {name}")
+                raise self.credentials.load_error or self._not_logged_in(name)
             account = accounts[0]
         return provider, (name, account)
+
+    async def _probe(self, registry: Registry) -> dict[str, str]:
+        """States servers report themselves (local servers: ``ready``/``unreachable``), asked at once."""
+        providers = [p for p in registry if not p.needs_credential]
+        states = await asyncio.gather(*(p.probe(self.refresher.context) for p in providers))
+        return {p.name: state for p, state in zip(providers, states, strict=True) if state}
+
+    def _not_logged_in(self, name: str) -> NotLoggedIn:
+        """No credential: say why when a followed file is the reason."""
+        for state in self.credentials.followed.states.values():
+            if state.spec.provider == name and state.problem is not None:
+                return NotLoggedIn(f"{name}: not logged in; {state.problem.message}", state.problem.hint)
+        return NotLoggedIn(f"{name}: not logged in", f"run: broker login {name}")
+
+    def _files_of(self, name: str) -> list[dict[str, Any]]:
+        """The CLI files a provider follows, each with what broker found there."""
+        files = []
+        for state in self.credentials.followed.states.values():
+            if state.spec.provider != name:
+                continue
+            problem = state.problem
+            files.append(
+                {
+                    "path": str(state.spec.path),
+                    "cli": state.spec.cli,
+                    "mode": state.spec.mode,
+                    "account": state.spec.account,
+                    "state": "error" if problem else ("ok" if state.credential else "missing"),
+                    "error": None if problem is None else {"message": problem.message, "hint": problem.hint},
+                }
+            )
+        return files
 
     def _token_body(self, provider: Provider, credential: Credential) -> dict[str, Any]:
         now = self.clock.now()

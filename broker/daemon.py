@@ -11,6 +11,8 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -21,20 +23,28 @@ from broker.clock import Clock, SystemClock
 from broker.config import Settings, load_settings
 from broker.credentials import CredentialSet
 from broker.errors import BrokerError, ConfigError
+from broker.followed import FollowedFiles
 from broker.logins import Logins
 from broker.metrics import Metrics
+from broker.proxy import AuthProxy
+from broker.proxy_auth import load_or_create_key
 from broker.refresher import Refresher
 from broker.sdnotify import notify
 from broker.server import MAX_REQUEST_BYTES, bind_unix_socket, errors_as_json, same_uid_only
 from broker.store.base import Store
 from broker.store.select import open_store
+from broker.watcher import Watcher
 from flows.http import new_session
 from providers.base import ProviderContext
 from providers.registry import Registry, build_registry
 
 log = logging.getLogger("broker.daemon")
 
-SHUTDOWN_TIMEOUT = 1.5
+SHUTDOWN_TIMEOUT = 0.6
+"""aiohttp waits this long twice on stop: for handlers to finish, then for cancelled ones.
+
+An in-flight request gets up to 1.2 s; with the interpreter's exit, SIGTERM-to-exit stays under 2 s.
+"""
 
 
 def systemd_socket() -> socket.socket | None:
@@ -49,12 +59,22 @@ def systemd_socket() -> socket.socket | None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store = store
         self._registry: Registry = build_registry(settings.root.section("providers"))
+        self.env = os.environ if env is None else env
+        self._watcher: Watcher | None = None
         self._runner: web.AppRunner | None = None
+        self.proxy: AuthProxy | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stopped = asyncio.Event()
         self.socket_path: Path | None = None
@@ -65,7 +85,7 @@ class Daemon:
     async def start(self, sock: socket.socket | None = None) -> None:
         if self.store is None:
             self.store = await asyncio.to_thread(open_store, self.settings.store_backend, self.settings.state_dir)
-        self.credentials = CredentialSet(self.store)
+        self.credentials = CredentialSet(self.store, self._followed_files())
         await self.credentials.load()
         self._session = new_session()
         context = ProviderContext(session=self._session, now=self.clock.now, sleep=self.clock.sleep)
@@ -82,23 +102,59 @@ class Daemon:
         app.add_routes(api.routes())
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
+        await self._start_proxy(api)
         if sock is None:
             sock = systemd_socket()
         if sock is None:
             self.socket_path = self.settings.socket_path
             sock = bind_unix_socket(self.socket_path)
-        site = web.SockSite(self._runner, sock)
+        site = web.SockSite(self._runner, sock, backlog=socket.SOMAXCONN)  # aiohttp listens again: 128 by default
         await site.start()
         self.refresher.watch_all()
+        self._start_watcher()
         count = len(self.credentials.all())
         log.info("ready socket=%s store=%s credentials=%d", self.socket_path or "systemd", store.name, count)
         notify("READY=1", f"STATUS=serving {count} credential(s), store: {store.name}")
 
+    async def _start_proxy(self, api: Api) -> None:
+        """The auth proxy, when ``--proxy-port`` or ``[proxy] port`` asks for it; its key lives in the store."""
+        if self.settings.proxy_port is None or self.store is None:
+            return
+        key = await load_or_create_key(self.store)
+        proxy = AuthProxy(
+            api.fresh_token, self.registry, key, host=self.settings.proxy_host, port=self.settings.proxy_port
+        )
+        await proxy.start()
+        self.proxy = api.proxy = proxy
+
+    def _followed_files(self) -> FollowedFiles:
+        return FollowedFiles([spec for provider in self._registry for spec in provider.followed_files(self.env)])
+
+    def _start_watcher(self) -> None:
+        self._watcher = Watcher(self.credentials.followed.states, self._file_changed)
+        self._watcher.start()
+
+    async def _file_changed(self, path: Path) -> None:
+        """A followed file changed on disk: serve what it holds now, and plan its refresh."""
+        state, changed = await self.credentials.reread(path)
+        key = (state.spec.provider, state.spec.account)
+        if state.problem is not None:
+            log.warning("followed file unusable provider=%s: %s", key[0], state.problem.message)
+        if changed:
+            if state.credential is None:
+                self.refresher.forget(key)
+            else:
+                self.refresher.watch(key)
+
     async def stop(self) -> None:
         notify("STOPPING=1")
         log.info("stopping")
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._watcher is not None:
+            await self._watcher.stop()
+        servers = [self._runner.cleanup()] if self._runner is not None else []
+        if self.proxy is not None:
+            servers.append(self.proxy.stop())
+        await asyncio.gather(*servers)  # in-flight requests of both finish in the same window
         await self.refresher.close()
         if self._session is not None:
             await self._session.close()
@@ -108,19 +164,20 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; a bad file keeps the old one running."""
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             settings = load_settings()
             registry = build_registry(settings.root.section("providers"))
         except ConfigError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
-            notify(f"STATUS=config reload failed: {exc}")
+            notify("READY=1", f"STATUS=config reload failed, still serving the old one: {exc}")
             return
         self.settings, self._registry = settings, registry
         self.refresher.margin = settings.refresh_margin
         for credential in self.credentials.all():
             self.refresher.ensure_watched(credential.key)
         log.info("config reloaded providers=%d", len(list(registry)))
-        notify("STATUS=config reloaded")
+        notify("READY=1", f"STATUS=serving {len(self.credentials.all())} credential(s), config reloaded")
 
 
 async def run(settings: Settings) -> int:
@@ -150,3 +207,12 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_no_request_dumps)
+
+
+def _no_request_dumps(record: logging.LogRecord) -> bool:
+    """aiohttp logs a malformed request with a traceback quoting its bytes, which may hold a secret."""
+    if record.exc_info and record.exc_info[1] is not None:
+        record.msg, record.args = "refused a malformed request (%s)", (type(record.exc_info[1]).__name__,)
+        record.exc_info, record.exc_text = None, None
+    return True

@@ -67,7 +67,7 @@ class Logins:
             for login_id in mine:
                 self._pending.pop(login_id, None)
         try:
-            await self.credentials.put(credential)
+            credential = await self.credentials.login(credential)
         except StoreError:
             self.refresher.watch(credential.key)
             raise

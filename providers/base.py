@@ -5,13 +5,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import aiohttp
 
 from broker.model import Credential
 from flows.http import HttpClient
 from flows.pkce import PkceLogin
+from providers.files import FollowedFile
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 """Sends one login event (``verify``, ``open``, ...) to whoever started the login."""
@@ -50,6 +52,23 @@ class LoginRequest:
     """GitHub Enterprise or self-managed GitLab host, for providers that have one."""
 
 
+@dataclass(frozen=True)
+class FollowSettings:
+    """How a provider treats the CLI file it can follow (config keys of any provider)."""
+
+    enabled: bool = True
+    """False: do not follow the CLI's file at all (config key ``follow``)."""
+    file: Path | None = None
+    """Overrides the CLI's default path."""
+    write_back: bool = True
+    """False: broker never redeems the file's refresh token; it only re-reads the file."""
+    prefer: Literal["login", "file"] = "login"
+    """Which credential a client gets by default when both a broker login and the file exist."""
+
+
+FOLLOW_KEYS = ("follow", "file", "write_back", "prefer")
+
+
 class Provider(abc.ABC):
     """One LLM service. Subclasses are mostly data; code only where the service differs."""
 
@@ -60,10 +79,19 @@ class Provider(abc.ABC):
     description: str = ""
     auth: str = "bearer"
     """How clients send the token: ``bearer``, ``x-api-key``, ``api-key`` or ``none``."""
+    needs_credential: bool = True
+    """False for servers without auth (Ollama): the token answer needs no stored login."""
+    proxy_allowed: bool = True
+    """False where the service allows only its own client (Claude, Gemini CLI): the proxy refuses it."""
     secret_prompt: str | None = None
     """For logins that take a pasted secret (``pat``, ``apikey``): what the CLI asks for."""
     secret_env: str | None = None
     """An environment variable the CLI may read that secret from (e.g. ``GITLAB_TOKEN``)."""
+    follow: FollowSettings = FollowSettings()
+
+    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+        """The CLI files this provider can follow, at their effective paths; none by default."""
+        return ()
 
     @abc.abstractmethod
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
@@ -75,6 +103,16 @@ class Provider(abc.ABC):
 
     def can_refresh(self, credential: Credential) -> bool:
         return False
+
+    def keyless_credential(self) -> Credential:
+        """What a provider with ``needs_credential = False`` serves: no key, its base URL."""
+        return Credential(
+            provider=self.name, account="local", access_token="", base_url=self.base_url, api=self.api, source="none"
+        )
+
+    async def probe(self, ctx: ProviderContext) -> str | None:
+        """A state learned by asking the server itself (local servers); ``None``: not probed."""
+        return None
 
     def served(self, credential: Credential) -> Mapping[str, Any]:
         """Fields of the token answer derived from the credential (base URL, headers, API)."""

@@ -12,16 +12,36 @@ from collections.abc import Callable, Iterator, Mapping
 
 from broker.config import Section
 from broker.errors import UnknownProvider
-from providers.base import Provider
+from providers import apikey, local
+from providers.apikey import ApiKeyProvider
+from providers.base import FOLLOW_KEYS, FollowSettings, Provider
+from providers.claude import ClaudeProvider
+from providers.codex import CodexProvider
+from providers.copilot import CopilotProvider
 from providers.custom import CustomOAuthProvider
+from providers.gemini import GeminiProvider
+from providers.gitlab import GitLabProvider
+from providers.qwen import QwenProvider
+from providers.vertex import VertexProvider
 
 ProviderFactory = Callable[[str, Section], Provider]
 
-BUILTINS: Mapping[str, ProviderFactory] = {}
+BUILTINS: Mapping[str, ProviderFactory] = {
+    "claude": ClaudeProvider.from_config,
+    "codex": CodexProvider.from_config,
+    "copilot": CopilotProvider.from_config,
+    "gemini": GeminiProvider.from_config,
+    "gitlab": GitLabProvider.from_config,
+    "qwen": QwenProvider.from_config,
+    "vertex": VertexProvider.from_config,
+    **apikey.BUILTINS,
+    **local.BUILTINS,
+}
 """Providers broker knows without any config, by name."""
 
 CONFIG_TYPES: Mapping[str, ProviderFactory] = {
     "oauth": CustomOAuthProvider.from_config,
+    "apikey": ApiKeyProvider.from_config,
 }
 """Factories for ``[providers.NAME] type = ...`` tables."""
 
@@ -50,10 +70,25 @@ class Registry:
 
 def build_registry(providers: Section) -> Registry:
     """Every built-in (with its overrides), then one provider per other ``[providers.NAME]``."""
-    built: dict[str, Provider] = {name: factory(name, providers.section(name)) for name, factory in BUILTINS.items()}
+    built: dict[str, Provider] = {}
+    for name, factory in BUILTINS.items():
+        built[name] = _with_follow_settings(factory, name, providers.section(name))
     for name, section in providers.sections().items():
-        if name in BUILTINS:
-            continue
-        kind = section.choice("type", tuple(CONFIG_TYPES))
-        built[name] = CONFIG_TYPES[kind](name, section)
+        if name not in BUILTINS:
+            kind = section.choice("type", tuple(CONFIG_TYPES))
+            built[name] = _with_follow_settings(CONFIG_TYPES[kind], name, section)
     return Registry(built)
+
+
+def _with_follow_settings(factory: ProviderFactory, name: str, section: Section) -> Provider:
+    """Read the keys every provider shares, then let the provider read the rest."""
+    follow = FollowSettings(
+        enabled=section.bool("follow", True),
+        file=section.local_path("file") if "file" in section else None,
+        write_back=section.bool("write_back", True),
+        prefer="file" if section.choice("prefer", ("login", "file"), "login") == "file" else "login",
+    )
+    rest = {key: value for key, value in section.data.items() if key not in FOLLOW_KEYS}
+    provider = factory(name, Section(section.path, rest, section.source))
+    provider.follow = follow
+    return provider

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--proxy-port", type=int, metavar="PORT", help="run the auth proxy on 127.0.0.1:PORT (0: any)")
 
     login = commands.add_parser("login", help="sign in to a provider (the daemon runs the flow)")
     login.add_argument("provider")
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--json", action="store_true", help="print one JSON event per line")
     login.add_argument("--device", action="store_const", const="device", dest="flow", help="same as --flow device")
     login.add_argument("--enterprise-url", metavar="URL", help="GitHub Enterprise or self-managed GitLab host")
-    login.add_argument("--token-stdin", action="store_true", help="read a token or key from standard input")
+    login.add_argument(
+        "--token-stdin", "--key-stdin", action="store_true", help="read a token or key from standard input"
+    )
 
     logout = commands.add_parser("logout", help="forget a provider's credential")
     logout.add_argument("provider")
@@ -68,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("provider")
     env.add_argument("--account")
     env.add_argument("--json", action="store_true")
+    env.add_argument("--proxy", action="store_true", help="the auth proxy's base URL and key instead of the token")
 
     run = commands.add_parser("exec", help="run a command with the provider's variables set")
     run.add_argument("provider")
     run.add_argument("--account")
+    run.add_argument("--proxy", action="store_true", help="point the command at the auth proxy")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     refresh = commands.add_parser("refresh", help="refresh a credential now")
@@ -84,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     providers = commands.add_parser("providers", help="the providers broker knows and how to log in")
     providers.add_argument("--json", action="store_true")
+
+    service = commands.add_parser("install-service", help="write systemd user units for this installation")
+    service.add_argument("--uninstall", action="store_true", help="remove the units instead")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = fast_token_args(argv) or build_parser().parse_args(argv)
-    module = __import__(f"broker.cli.cmd_{args.command}", fromlist=["run"])
+    module = __import__(f"broker.cli.cmd_{args.command.replace('-', '_')}", fromlist=["run"])
     try:
         status: int = module.run(args)
         return status
