@@ -228,8 +228,8 @@ class FakeLLM:
                     "model": body.get("model", "fake-model"),
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
                 }
+                self.sent += 1  # counted before it leaves: the client may read it before write() returns
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.sent += 1
                 if self.gate and index < len(self.chunks) - 1:
                     await self._wait_for_release()
             if self.gate:
