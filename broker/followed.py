@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker.atomic import replace_atomically
 from broker.filelock import LockTimeout, exclusive_create, flocked
 from broker.model import Credential, CredentialKey
 from providers.files import FileProblem, FollowedFile, dump_like
@@ -152,7 +152,7 @@ class FollowedFiles:
                     return
                 data = dump_like(raw.decode(), spec.merge(json.loads(raw), pending))
                 written = self._parse(spec, data)  # as the file holds it (e.g. expiry in whole ms)
-                _replace_atomically(path, data)
+                replace_atomically(path, data, stat.S_IMODE(path.stat().st_mode))
         except LockTimeout as exc:
             log.warning("write-back deferred provider=%s: %s", spec.provider, exc)
             return
@@ -228,25 +228,3 @@ def _cli_lock(spec: FollowedFile) -> Iterator[None]:
     else:
         with exclusive_create(spec.lock_file, spec.lock_stale):
             yield
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    """Temp file beside it with its mode, fsync, rename over it, fsync the directory."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    temp = path.with_name(f".{path.name}.broker-{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as file:
-        os.fchmod(fd, mode)
-        file.write(data)
-        file.flush()
-        os.fsync(fd)
-    try:
-        os.replace(temp, path)
-    except OSError:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -12,10 +12,11 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from broker.atomic import replace_atomically
 
 SOCKET_UNIT = "broker.socket"
 SERVICE_UNIT = "broker.service"
@@ -204,7 +205,7 @@ def install(directory: Path, installation: Installation) -> list[Path]:
                 continue
         except OSError:
             pass
-        _write_atomically(path, text.encode())
+        replace_atomically(path, text.encode(), 0o644)
         changed.append(path)
     return changed
 
@@ -221,23 +222,3 @@ def uninstall(directory: Path) -> list[Path]:
         if not any(emptied.iterdir()):
             emptied.rmdir()
     return removed
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -8,14 +8,12 @@ the only copy of a login that can still be recovered.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import shlex
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +22,10 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from broker.atomic import replace_atomically
 from broker.errors import StoreError
 from broker.model import Credential, CredentialKey
-from broker.store.keys import KeySource, fsync_dir, tighten_mode
+from broker.store.keys import KeySource, tighten_mode
 
 FILE_NAME = "credentials.enc"
 FORMAT = "broker-store"
@@ -210,23 +209,10 @@ class FileStore:
         self._replace((json.dumps(envelope, indent=1) + "\n").encode())
 
     def _replace(self, data: bytes) -> None:
-        """Atomic write: a crash leaves the old file or the new one, never a mix."""
-        tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            fsync_dir(self.path.parent)
+            replace_atomically(self.path, data, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
 
 class _Damaged(Exception):

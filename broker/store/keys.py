@@ -18,6 +18,7 @@ from typing import Protocol
 
 from keyring.backend import KeyringBackend
 
+from broker.atomic import fsync_dir
 from broker.errors import StoreError
 from broker.store.keyring_store import backend_label
 
@@ -61,15 +62,6 @@ def tighten_mode(path: Path, mode: int) -> None:
         )
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, mode)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new name in ``path`` survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SystemdCredentialKey:
