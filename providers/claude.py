@@ -20,7 +20,7 @@ from flows import refresh
 from flows.errors import OAuthError
 from flows.token import OAuthClient
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoint_table import endpoints_from
+from providers.endpoints import endpoints_from
 from providers.files import FileProblem, FollowedFile, file_path, home, require
 
 NAME = "claude"

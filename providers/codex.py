@@ -23,7 +23,7 @@ from flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
 from flows.token import OAuthClient, TokenSet
 from providers import codex_device, codex_file
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoint_table import endpoints_from
+from providers.endpoints import endpoints_from
 from providers.files import FollowedFile
 from providers.jwt_claims import account_name, claims
 

@@ -27,7 +27,7 @@ from flows.token import OAuthClient
 from providers import copilot_files
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.custom import verify_event
-from providers.endpoint_overrides import read_overrides
+from providers.endpoints import overrides as endpoint_overrides
 from providers.files import FollowedFile
 from providers.github_hosts import GitHubHost
 
@@ -94,7 +94,7 @@ class CopilotProvider(Provider):
         return cls(
             name=name,
             host=host,
-            overrides=read_overrides(section, ENDPOINT_KEYS),
+            overrides=endpoint_overrides(section, ENDPOINT_KEYS),
             client_id=client_id or CLIENT_ID,
             exchange=exchange,
             scopes=section.str_list("scopes", SCOPES),

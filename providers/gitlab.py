@@ -21,7 +21,7 @@ from flows import pat
 from flows.errors import FlowError, OAuthError, TransportError
 from flows.http import HttpResponse
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoint_overrides import read_overrides
+from providers.endpoints import overrides as endpoint_overrides
 
 NAME = "gitlab"
 INSTANCE = "https://gitlab.com"
@@ -98,7 +98,7 @@ class GitLabProvider(Provider):
     @classmethod
     def from_config(cls, name: str, section: Section) -> GitLabProvider:
         section.check_keys(KEYS)
-        overrides = read_overrides(section, ENDPOINT_KEYS)
+        overrides = endpoint_overrides(section, ENDPOINT_KEYS)
         enterprise_url = section.url("enterprise_url", None)
         if enterprise_url and "instance" in overrides and enterprise_url != overrides["instance"]:
             raise section.error("enterprise_url", "names another instance than endpoints.instance: keep one")

@@ -23,7 +23,7 @@ from flows.token import OAuthClient, TokenSet
 from providers import qwen_file
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.custom import verify_event
-from providers.endpoint_table import endpoints_from
+from providers.endpoints import endpoints_from
 from providers.files import FollowedFile
 from providers.jwt_claims import account_name, claims
 

@@ -25,7 +25,7 @@ from flows.errors import OAuthError
 from flows.token import OAuthClient, TokenSet, request_token
 from providers import google_jwt
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoint_table import endpoints_from
+from providers.endpoints import endpoints_from
 from providers.files import FileProblem, FollowedFile, file_path, home, require
 
 NAME = "vertex"
