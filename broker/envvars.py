@@ -44,6 +44,9 @@ def variables(token: dict[str, Any]) -> dict[str, str]:
         values.update({key: secret, "ANTHROPIC_BASE_URL": base_url})
         if headers:
             values["ANTHROPIC_CUSTOM_HEADERS"] = header_lines(headers)
+    elif api == "gemini-code-assist":
+        # Gemini CLI's own override: use this access token for Code Assist, skip its OAuth.
+        values.update(GOOGLE_GENAI_USE_GCA="true", GOOGLE_CLOUD_ACCESS_TOKEN=secret)
     elif api.startswith("gemini"):
         values.update(GEMINI_API_KEY=secret, GOOGLE_GEMINI_BASE_URL=base_url)
     return {k: v for k, v in values.items() if v}
