@@ -16,11 +16,10 @@ def token_json(daemon: DaemonProcess, *args: str) -> dict[str, object]:
 
 
 def stored_refresh_token(daemon: DaemonProcess) -> str:
-    from broker.store.file_store import FileStore
-    from broker.store.keys import FileKey
+    """What the daemon's durable store holds, read as the daemon reads it (key file or keyring)."""
+    from broker.store.select import open_store
 
-    store = FileStore(daemon.state_dir, FileKey(daemon.state_dir / "key"))
-    (credential,) = store.load()
+    (credential,) = open_store("file", daemon.state_dir).load()
     assert credential.refresh_token
     return credential.refresh_token
 
