@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 RUNS = int(os.environ.get("BENCH_RUNS", "40"))
 
 
@@ -30,31 +32,41 @@ def summary(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.9) - 1] * 1000
 
 
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+FLOOR = "python -c 'import socket, json'"
+TOKEN = "broker token bench"
+
+
+def measure(runs: int = RUNS) -> dict[str, list[float]]:
+    """Seconds of each run of the floor and of ``broker token``, taking turns after a warm-up."""
     from bench.daemon_fixture import running_daemon_with_token
 
-    with tempfile.TemporaryDirectory(prefix="bkb-", dir="/tmp") as root, running_daemon_with_token(Path(root)) as env:
+    with (
+        tempfile.TemporaryDirectory(prefix="bkb-", dir="/tmp") as root,
+        running_daemon_with_token(Path(root)) as daemon,
+    ):
+        env = daemon.env
         script = str(Path(sys.executable).with_name("broker"))
         floor = [sys.executable, "-c", "import socket, json"]
-        token = [script, "token", "bench"] if os.access(script, os.X_OK) else [sys.executable, "-m", "broker"]
+        entry = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "broker"]
+        token = [*entry, "token", "bench"]
         for _ in range(3):
             timed(floor, env), timed(token, env)
-        rows = {"python -c 'import socket, json'": [], "broker token bench": []}
-        for _ in range(RUNS):
-            rows["python -c 'import socket, json'"].append(timed(floor, env))
-            rows["broker token bench"].append(timed(token, env))
-    base = summary(rows["python -c 'import socket, json'"])[0]
-    editable = any(
-        "__editable__" in name
-        for name in os.listdir(
-            Path(sys.executable).parent.parent
-            / "lib"
-            / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-            / "site-packages"
-        )
-    )
-    print(f"interpreter {sys.executable} ({'editable' if editable else 'regular'} install), {RUNS} runs each")
+        rows: dict[str, list[float]] = {FLOOR: [], TOKEN: []}
+        for _ in range(runs):
+            rows[FLOOR].append(timed(floor, env))
+            rows[TOKEN].append(timed(token, env))
+    return rows
+
+
+def editable_install() -> bool:
+    site = Path(sys.executable).parent.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    return any("__editable__" in name for name in os.listdir(site / "site-packages"))
+
+
+def main() -> None:
+    rows = measure()
+    base = summary(rows[FLOOR])[0]
+    print(f"interpreter {sys.executable} ({'editable' if editable_install() else 'regular'} install), {RUNS} runs each")
     print(f"{'command':<36} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
     for name, samples in rows.items():
         median, p90 = summary(samples)

@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import struct
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -30,9 +31,25 @@ _PEERCRED = struct.Struct("3i")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_peer_uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int | None] = weakref.WeakKeyDictionary()
+"""Each open connection's peer uid: SO_PEERCRED is fixed at connect(), so one read a connection will do."""
+
+
 def peer_uid(request: web.Request) -> int | None:
     """The uid of the process on the other end of the Unix socket (SO_PEERCRED)."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
+    transport = request.transport
+    if transport is None:
+        return None
+    try:
+        return _peer_uids[transport]
+    except KeyError:
+        uid = _read_peer_uid(transport)
+    _peer_uids[transport] = uid
+    return uid
+
+
+def _read_peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    sock = transport.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
