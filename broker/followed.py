@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import stat
 import threading
@@ -166,8 +167,11 @@ class FollowedFiles:
     def _parse(spec: FollowedFile, raw: bytes) -> Credential:
         try:
             credential = spec.parse(_json_object(raw))
+            _check_times(credential)
         except FileProblem as problem:
             raise FileProblem(f"{spec.path}: {problem.message}", problem.hint or _fix_hint(spec)) from None
+        except (ArithmeticError, ValueError):  # a number too large for a time (1e400, 10**400 ms)
+            raise FileProblem(f"{spec.path}: holds a number out of range", _fix_hint(spec)) from None
         return dataclasses.replace(
             credential, provider=spec.provider, account=spec.account, source=str(spec.path), lead=spec.lead
         )
@@ -212,9 +216,18 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         raise FileProblem(f"not valid JSON{f' (line {line})' if line else ''}; it may be truncated") from None
+    except RecursionError:
+        raise FileProblem("the JSON is nested too deeply") from None
     if not isinstance(value, dict):
         raise FileProblem("the JSON is not an object")
     return value
+
+
+def _check_times(credential: Credential) -> None:
+    """JSON allows Infinity and NaN, and 1e400 reads as infinity: none of them is an expiry."""
+    for name, value in (("expiry", credential.expires_at), ("issue time", credential.issued_at)):
+        if value is not None and not math.isfinite(value):
+            raise FileProblem(f"its {name} is not a finite number")
 
 
 def _fix_hint(spec: FollowedFile) -> str:

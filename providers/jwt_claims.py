@@ -19,7 +19,7 @@ def claims(token: str | None) -> dict[str, Any]:
     payload = token.split(".")[1]
     try:
         value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: a payload nested too deeply
         return {}
     return value if isinstance(value, dict) else {}
 
