@@ -1,0 +1,1 @@
+"""The reliability and security suite: faults, crashes, herds, leaks, isolation, bad files."""
