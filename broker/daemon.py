@@ -91,7 +91,12 @@ class Daemon:
         context = ProviderContext(session=self._session, now=self.clock.now, sleep=self.clock.sleep)
         self.metrics = Metrics()
         self.refresher = Refresher(
-            self.credentials, self.registry, context, self.clock, margin=self.settings.refresh_margin
+            self.credentials,
+            self.registry,
+            context,
+            self.clock,
+            margin=self.settings.refresh_margin,
+            metrics=self.metrics,
         )
         self.logins = Logins(self.registry, self.credentials, self.refresher, context)
         store = self.store

@@ -1,4 +1,8 @@
-"""Counters the daemon exposes at ``GET /metrics`` in the Prometheus text format."""
+"""Counters the daemon exposes at ``GET /metrics`` in the Prometheus text format.
+
+Only what costs nothing on the request path: refresh outcomes, counted by the
+refresher, and the number of credentials held.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,12 @@ from collections import Counter
 
 class Metrics:
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, int]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
+        """(provider, ``ok`` or the error code) → refresh attempts that ended so."""
 
     def render(self, credentials: int) -> str:
         lines = [
-            "# HELP broker_requests_total Socket API requests by route and status.",
-            "# TYPE broker_requests_total counter",
-            *(
-                f'broker_requests_total{{route="{route}",status="{status}"}} {n}'
-                for (route, status), n in sorted(self.requests.items())
-            ),
-            "# HELP broker_refreshes_total Upstream refreshes by provider and result.",
+            "# HELP broker_refreshes_total Refresh attempts by provider and result (ok or an error code).",
             "# TYPE broker_refreshes_total counter",
             *(
                 f'broker_refreshes_total{{provider="{provider}",result="{result}"}} {n}'

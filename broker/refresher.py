@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from broker.clock import Clock
 from broker.credentials import CredentialSet
 from broker.errors import BrokerError, LoginRequired, NotLoggedIn, RefreshFailed, StoreError
+from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
 from broker.upstream_errors import to_broker_error
 from flows.errors import FlowError, TransportError
@@ -82,8 +83,10 @@ class Refresher:
         clock: Clock,
         *,
         margin: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.credentials = credentials
+        self.metrics = metrics or Metrics()
         self.registry = registry
         self.context = context
         self.clock = clock
@@ -181,9 +184,17 @@ class Refresher:
             self._settled.notify_all()
 
     async def _refresh_once(self, key: CredentialKey) -> Credential:
+        result = "ok"
         try:
             return await self._attempt(key)
+        except BrokerError as exc:
+            result = exc.code
+            raise
+        except BaseException:
+            result = "internal"
+            raise
         finally:
+            self.metrics.refreshes[(key[0], result)] += 1
             self.status(key).attempts += 1
             await self._changed()
 

@@ -100,3 +100,28 @@ def test_second_account_sits_beside_the_first_which_stays_default(daemon: Daemon
     assert token_json(daemon, "--account", "second")["account"] == "second"
     several = daemon.cli("logout", "acme")
     assert several.returncode == 2 and "--account" in several.stderr
+
+
+def test_metrics_count_refreshes_by_result(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    assert daemon.cli("refresh", "acme").returncode == 0
+    oauth.revoke_all_refresh_tokens()
+    assert daemon.cli("refresh", "acme").returncode == 3
+    text = metrics_text(daemon)
+    assert 'broker_refreshes_total{provider="acme",result="ok"} 1' in text
+    assert 'broker_refreshes_total{provider="acme",result="login_required"} 1' in text
+    assert "broker_credentials 1" in text
+
+
+def metrics_text(daemon: DaemonProcess) -> str:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(daemon.socket_path))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.decode()
