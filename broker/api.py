@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +20,7 @@ from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
 from broker.proxy import AuthProxy
-from broker.refresher import Refresher
+from broker.refresher import WAIT_LIMIT, Refresher
 from broker.server import read_json
 from providers.base import LoginRequest, Provider
 from providers.registry import Registry
@@ -42,6 +42,7 @@ class Api:
     store_description: Callable[[], str]
     proxy: AuthProxy | None = None
     """The auth-injecting local proxy, when it runs."""
+    _encoded: dict[CredentialKey, tuple[Credential, Provider, int | None, bytes]] = field(default_factory=dict)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -69,18 +70,18 @@ class Api:
         )
 
     async def token(self, request: web.Request) -> web.Response:
-        min_ttl = _number(request.query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
-        provider, credential = await self.fresh_token(
-            request.match_info["provider"], request.query.get("account"), min_ttl
-        )
-        return web.json_response(self._token_body(provider, credential))
+        query = request.query
+        min_ttl = _number(query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
+        provider, credential = await self.fresh_token(request.match_info["provider"], query.get("account"), min_ttl)
+        body = self._token_bytes(provider, credential)
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     async def fresh_token(self, name: str, account: str | None, min_ttl: float) -> tuple[Provider, Credential]:
         """What ``/v1/token`` and the proxy serve; servers without auth need no stored login."""
         provider = self.registry().get(name)
         if not provider.needs_credential:
             return provider, provider.keyless_credential()
-        provider, key = self.resolve(name, account)
+        key = self.key_of(provider, account)
         return provider, await self.refresher.fresh(key, min_ttl)
 
     async def proxy_client(self, request: web.Request) -> web.Response:
@@ -92,7 +93,7 @@ class Api:
             )
         answer = self.proxy.client_answer(provider)
         if provider.needs_credential:
-            self.resolve(provider.name, None)  # not logged in: say so now, not at the tool's first request
+            self.key_of(provider, None)  # not logged in: say so now, not at the tool's first request
         return web.json_response(answer)
 
     async def providers(self, request: web.Request) -> web.Response:
@@ -180,6 +181,7 @@ class Api:
         for account in chosen:
             if await self.credentials.delete((name, account)):
                 self.refresher.forget((name, account))
+                self._encoded.pop((name, account), None)
                 deleted.append(account)
         if not deleted:
             raise NotLoggedIn(f"{name}: nothing to log out", f"accounts: {', '.join(accounts) or 'none'}")
@@ -192,7 +194,7 @@ class Api:
             raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
         if not provider.can_refresh(credential):
             raise BadRequest(f"{provider.name} tokens do not expire and have nothing to refresh")
-        fresh = await self.refresher.refresh_now(key)
+        fresh = await self.refresher.refresh_now(key, WAIT_LIMIT)
         self.refresher.ensure_watched(key)
         return web.json_response(self._account_state(fresh))
 
@@ -210,12 +212,14 @@ class Api:
     def resolve(self, name: str, account: str | None) -> tuple[Provider, CredentialKey]:
         """The provider and the key of the asked account, else of the default one."""
         provider = self.registry().get(name)
+        return provider, self.key_of(provider, account)
+
+    def key_of(self, provider: Provider, account: str | None) -> CredentialKey:
         if account is None:
-            accounts = self.credentials.accounts(name, provider.follow.prefer == "file")
-            if not accounts:
-                raise self.credentials.load_error or self._not_logged_in(name)
-            account = accounts[0]
-        return provider, (name, account)
+            account = self.credentials.default_account(provider.name, provider.follow.prefer == "file")
+            if account is None:
+                raise self.credentials.load_error or self._not_logged_in(provider.name)
+        return provider.name, account
 
     async def _probe(self, registry: Registry) -> dict[str, str]:
         """States servers report themselves (local servers: ``ready``/``unreachable``), asked at once."""
@@ -249,19 +253,30 @@ class Api:
             )
         return files
 
-    def _token_body(self, provider: Provider, credential: Credential) -> dict[str, Any]:
-        now = self.clock.now()
+    def _token_bytes(self, provider: Provider, credential: Credential) -> bytes:
+        """The encoded token answer, reused while credential, provider and ``expires_in`` hold.
+
+        Thousands of requests a second ask for the same few credentials; only
+        ``expires_in`` moves, once a second, so one encoding serves them all.
+        """
         expires_at = credential.expires_at
-        return {
+        expires_in = None if expires_at is None else max(0, int(expires_at - self.clock.now()))
+        cached = self._encoded.get(credential.key)
+        if cached is not None and cached[0] is credential and cached[1] is provider and cached[2] == expires_in:
+            return cached[3]
+        body = {
             "provider": credential.provider,
             "account": credential.account,
             "access_token": credential.access_token,
             "token_type": credential.token_type,
             "expires_at": None if expires_at is None else int(expires_at),
-            "expires_in": None if expires_at is None else max(0, int(expires_at - now)),
+            "expires_in": expires_in,
             **provider.served(credential),
             "source": credential.source,
         }
+        encoded = json.dumps(body).encode()
+        self._encoded[credential.key] = (credential, provider, expires_in, encoded)
+        return encoded
 
     def _account_state(self, credential: Credential) -> dict[str, Any]:
         status = self.refresher.status(credential.key)

@@ -28,6 +28,8 @@ class CredentialSet:
         self.store = store
         self.followed = followed or FollowedFiles([])
         self._live: dict[CredentialKey, Credential] = {}
+        self._accounts: dict[tuple[str, bool], list[str]] = {}
+        """``accounts()`` answers, kept until the live set changes: every token request asks."""
         self._changed = asyncio.Condition()
         self.load_error: StoreError | None = None
         """Why the store could not be read at start; the daemon serves on and says so."""
@@ -45,7 +47,7 @@ class CredentialSet:
             log.error("store unreadable: %s (%s)", exc.message, exc.hint)
             credentials = []
         for credential in credentials:
-            self._live[credential.key] = credential
+            self._set(credential)
         for path in list(self.followed.states):
             await self.reread(path)
 
@@ -57,9 +59,28 @@ class CredentialSet:
 
     def accounts(self, provider: str, prefer_file: bool = False) -> list[str]:
         """Accounts of a provider, the default first: first login first, or the file's if preferred."""
-        mine = [c for (name, _), c in self._live.items() if name == provider]
-        mine.sort(key=lambda c: (c.source == "login") == prefer_file)
-        return [c.account for c in mine]
+        return list(self._ordered(provider, prefer_file))
+
+    def default_account(self, provider: str, prefer_file: bool = False) -> str | None:
+        """The account served when none is named; ``None`` when not logged in."""
+        ordered = self._ordered(provider, prefer_file)
+        return ordered[0] if ordered else None
+
+    def _ordered(self, provider: str, prefer_file: bool) -> list[str]:
+        known = self._accounts.get((provider, prefer_file))
+        if known is None:
+            mine = [c for (name, _), c in self._live.items() if name == provider]
+            mine.sort(key=lambda c: (c.source == "login") == prefer_file)
+            known = self._accounts[(provider, prefer_file)] = [c.account for c in mine]
+        return known
+
+    def _set(self, credential: Credential) -> None:
+        self._live[credential.key] = credential
+        self._accounts.clear()
+
+    def _drop(self, key: CredentialKey) -> Credential | None:
+        self._accounts.clear()
+        return self._live.pop(key, None)
 
     def is_followed(self, key: CredentialKey) -> bool:
         return self.followed.state_of(key) is not None
@@ -97,7 +118,7 @@ class CredentialSet:
             await asyncio.to_thread(self.store.put, credential)
             self.load_error = None
             live = credential
-        self._live[live.key] = live
+        self._set(live)
         await self._notify()
         return live
 
@@ -118,11 +139,11 @@ class CredentialSet:
         if state.problem is not problem_before:
             await self._notify()  # status watchers see a file turn bad or good
         if state.credential is None:
-            if self._live.pop(key, None) is None:
+            if self._drop(key) is None:
                 return state, False
             log.info("followed credential gone provider=%s file=%s", key[0], path)
         elif self._live.get(key) != state.credential:
-            self._live[key] = state.credential
+            self._set(state.credential)
             log.info("followed credential read provider=%s file=%s", key[0], path)
         else:
             return state, False
@@ -138,7 +159,7 @@ class CredentialSet:
                 f"log out with that CLI, or stop following it: [providers.{key[0]}] follow = false",
             )
         await asyncio.to_thread(self.store.delete, key)
-        del self._live[key]
+        self._drop(key)
         await self._notify()
         return True
 

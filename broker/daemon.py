@@ -30,7 +30,7 @@ from broker.proxy import AuthProxy
 from broker.proxy_auth import load_or_create_key
 from broker.refresher import Refresher
 from broker.sdnotify import notify
-from broker.server import MAX_REQUEST_BYTES, bind_unix_socket, errors_as_json, same_uid_only
+from broker.server import MAX_REQUEST_BYTES, bind_unix_socket, guarded_routes
 from broker.store.base import Store
 from broker.store.select import open_store
 from broker.watcher import Watcher
@@ -103,8 +103,8 @@ class Daemon:
         api = Api(
             self.registry, self.credentials, self.refresher, self.logins, self.metrics, self.clock, store.describe
         )
-        app = web.Application(middlewares=[same_uid_only, errors_as_json], client_max_size=MAX_REQUEST_BYTES)
-        app.add_routes(api.routes())
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.add_routes(guarded_routes(api.routes()))
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
         await self._start_proxy(api)

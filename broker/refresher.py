@@ -41,6 +41,8 @@ QUICK_RETRIES = 2
 QUICK_RETRY_MAX_WAIT = 5.0
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
+WAIT_LIMIT = 60.0
+"""A request waits at most this long for a refresh; the refresh itself goes on."""
 _random = secrets.SystemRandom()
 
 
@@ -131,8 +133,11 @@ class Refresher:
     async def fresh(self, key: CredentialKey, min_ttl: float) -> Credential:
         """A credential with at least ``min_ttl`` seconds left, refreshing first if needed.
 
-        When the refresh fails but the current token has not expired, that token is
-        served: a short-lived token beats none.
+        When the refresh fails or outlasts ``WAIT_LIMIT`` but the current token has not
+        expired, that token is served: a short-lived token beats none. While the timer
+        backs off after a fault (or waits out a Retry-After), clients do not start
+        refreshes of their own: an outage must not multiply the upstream's load by the
+        clients' request rate. They get the current token, or the fault once it expired.
         """
         credential = self.credentials.get(key)
         if credential is None:
@@ -142,26 +147,45 @@ class Refresher:
             return credential
         provider = self.registry().get(credential.provider)
         status = self.status(key)
-        waiting = status.not_before is not None and now < status.not_before
-        if not self._refreshable(provider, credential) or status.state == "login_required" or waiting:
+        if (
+            not self._refreshable(provider, credential)
+            or status.state == "login_required"
+            or _holding_back(status, now)
+        ):
             if credential.remaining(now) > 0:
                 return credential
             raise status.last_error or self._cannot_refresh(credential)
         try:
-            return await self.refresh_now(key)
-        except BrokerError:
+            return await self.refresh_now(key, WAIT_LIMIT)
+        except (BrokerError, TimeoutError):
             if credential.remaining(self.clock.now()) > 0:
                 return credential
             raise
 
-    async def refresh_now(self, key: CredentialKey) -> Credential:
-        """Refresh once; concurrent callers share the one request in flight."""
+    async def refresh_now(self, key: CredentialKey, wait_limit: float | None = None) -> Credential:
+        """Refresh once; concurrent callers share the one request in flight.
+
+        A caller giving up (``wait_limit`` passed: ``TimeoutError``) leaves the refresh running.
+        """
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._refresh_once(key), name=f"refresh-now {key[0]}/{key[1]}")
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(task)
+        if wait_limit is None:
+            return await asyncio.shield(task)
+        return await self._wait_at_most(task, wait_limit)
+
+    async def _wait_at_most(self, task: asyncio.Task[Credential], seconds: float) -> Credential:
+        """``task``'s result, or ``TimeoutError`` after ``seconds`` on the injected clock."""
+        timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if not task.done():
+            raise TimeoutError(f"no refresh within {seconds:g} s")
+        return task.result()
 
     def _finished(self, key: CredentialKey, task: asyncio.Task[Credential]) -> None:
         if self._inflight.get(key) is task:
@@ -339,6 +363,13 @@ class Refresher:
     async def _sleep_until(self, deadline: float) -> None:
         while (left := deadline - self.clock.now()) > 0:
             await self.clock.sleep(min(left, MAX_SLEEP))
+
+
+def _holding_back(status: Status, now: float) -> bool:
+    """Whether the upstream is owed a pause now: a Retry-After, or the backoff after a fault."""
+    if status.not_before is not None and now < status.not_before:
+        return True
+    return status.failures > 0 and status.next_refresh_at is not None and now < status.next_refresh_at
 
 
 def _expires_in(credential: Credential, clock: Clock) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from broker.refresher import QUICK_RETRIES
+from broker.refresher import QUICK_RETRIES, WAIT_LIMIT
 from tests.fakes.clock import FakeClock
 from tests.fakes.faulty_upstream import FaultyUpstream
-from tests.reliability.conftest import Rig
+from tests.reliability.conftest import WAIT, Rig
 
 TRANSIENT = ("500", "429", "hang", "reset", "invalid_json")
 PER_ATTEMPT = QUICK_RETRIES + 1
@@ -170,11 +170,6 @@ async def test_a_hang_ends_at_the_timeout_and_the_daemon_keeps_answering(rig_fac
     assert rig.upstream.counts["hang"] == PER_ATTEMPT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: while the timer backs off, each client whose min_ttl exceeds what is left starts a refresh "
-    "of its own (three requests): an outage multiplies upstream load by the clients' request rate",
-)
 async def test_clients_asking_during_an_outage_do_not_multiply_upstream_requests(rig_factory: Any):
     rig: Rig = await rig_factory(FaultyUpstream(lifetime=600), backoff_clock())
     rig.upstream.always("500")
@@ -187,3 +182,30 @@ async def test_clients_asking_during_an_outage_do_not_multiply_upstream_requests
         served = await rig.token()
         assert served["access_token"] == rig.credential.access_token, "the still-valid token is served"
     assert rig.upstream.requests == during_backoff, "the backoff holds for clients too"
+
+    expires_at = rig.credential.expires_at
+    assert expires_at is not None and rig.status.next_refresh_at is not None
+    rig.clock.advance_to(min(expires_at + 1, rig.status.next_refresh_at - 1))
+    if rig.clock.now() > expires_at:  # the backoff outlasts the token: clients get the fault, not a refresh
+        refused = await rig.error("GET", "/v1/token/acme")
+        assert refused.code == "upstream_unavailable"
+        assert rig.upstream.requests == during_backoff
+
+    forced = await rig.error("POST", "/v1/refresh/acme")
+    assert forced.code == "upstream_unavailable", "an explicit refresh still asks the upstream"
+    assert rig.upstream.requests == during_backoff + PER_ATTEMPT
+
+
+async def test_a_client_waits_for_a_stuck_refresh_at_most_the_wait_limit(rig_factory: Any):
+    rig: Rig = await rig_factory(FaultyUpstream(), FakeClock(), timeout=30.0)
+    before = await rig.token()
+    rig.upstream.hold()
+    asking = asyncio.ensure_future(rig.token("?min_ttl=86400"))
+    await asyncio.to_thread(rig.upstream.wait_held, 1)
+    assert not asking.done(), "the client waits for the refresh it started"
+    rig.clock.advance(WAIT_LIMIT)
+    served = await asyncio.wait_for(asking, WAIT)
+    assert served["access_token"] == before["access_token"], "after the limit: the still-valid token"
+    rig.upstream.release()
+    assert (await rig.attempts(1)).state == "ready", "the refresh went on without its client"
+    assert (await rig.token())["access_token"] != before["access_token"]
