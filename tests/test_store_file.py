@@ -297,3 +297,41 @@ def test_key_file_is_kept_across_instances(open_file_store, state) -> None:
     key = (state / "key").read_bytes()
     open_file_store().put(credential(account="two"))
     assert (state / "key").read_bytes() == key
+
+
+class CountingKey:
+    """A real key file that counts how often the store asks for the key."""
+
+    kind = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.inner = FileKey(path)
+        self.asked = 0
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def get(self, *, create: bool) -> bytes | None:
+        self.asked += 1
+        return self.inner.get(create=create)
+
+
+def test_writes_after_a_refresh_ask_for_the_key_no_more(state) -> None:
+    """The crash window after an upstream rotation is the write alone: no keyring round trip in it."""
+    key = CountingKey(state / "key")
+    store = FileStore(state, key)
+    store.put(credential("a"))
+    asked = key.asked
+    for n in range(20):
+        store.put(credential("a", access_token=f"rotated-{n}"))
+    assert key.asked == asked
+    (latest,) = FileStore(state, FileKey(state / "key")).load()
+    assert latest.access_token == "rotated-19"
+
+
+def test_a_file_another_writer_replaced_is_read_afresh(open_file_store, state) -> None:
+    first, second = open_file_store(), open_file_store()
+    first.put(credential("a"))
+    second.put(credential("b"))
+    first.put(credential("c"))
+    assert sorted(c.provider for c in second.load()) == ["a", "b", "c"]

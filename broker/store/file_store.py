@@ -40,6 +40,16 @@ class _Contents:
     credentials: dict[CredentialKey, Credential] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
 
+    def copy(self) -> _Contents:
+        return _Contents(dict(self.credentials), dict(self.secrets))
+
+
+@dataclass(frozen=True)
+class _Known:
+    ident: tuple[int, int, int, int]
+    contents: _Contents
+    key: bytes
+
 
 def key_id(key: bytes) -> str:
     """A one-way tag of the key, so a wrong key can be told apart from a damaged file."""
@@ -71,6 +81,10 @@ class FileStore:
         self.note = note
         self._lock = threading.Lock()
         self._broken: tuple[StoreError, tuple[int, int, int, int]] | None = None
+        self._known: _Known | None = None
+        """The file as this store last read or wrote it: a write after a refresh re-reads
+        nothing and asks no keyring, so the window in which a crash can lose a rotated
+        refresh token is the encryption and the write alone."""
 
     def describe(self) -> str:
         text = f"file {self.path} ({self.key_source.describe()})"
@@ -103,6 +117,14 @@ class FileStore:
             self._write(contents)
 
     def _read(self) -> _Contents:
+        known = self._known
+        if known is not None:
+            try:
+                if _identity(os.stat(self.path)) == known.ident:
+                    return known.contents.copy()
+            except OSError:
+                pass  # gone or unreadable now: the full read below says which
+        self._known = None
         try:
             with open(self.path, "rb") as f:
                 ident = _identity(os.fstat(f.fileno()))
@@ -117,11 +139,13 @@ class FileStore:
         # A different file now (moved aside, restored): judge it afresh.
         self._broken = None
         try:
-            return self._decode(raw)
+            contents, key = self._decode(raw)
         except _Damaged as exc:
             err = StoreError(exc.message, exc.hint)
             self._broken = (err, ident)
             raise err from None
+        self._known = _Known(ident, contents.copy(), key)
+        return contents
 
     def _damaged(self, problem: str, hint: str | None = None) -> _Damaged:
         return _Damaged(
@@ -132,7 +156,8 @@ class FileStore:
     def _mv_aside(self) -> str:
         return f"mv {shlex.quote(str(self.path))} {shlex.quote(str(self.path) + '.bad')}"
 
-    def _decode(self, raw: bytes) -> _Contents:
+    def _decode(self, raw: bytes) -> tuple[_Contents, bytes]:
+        """The contents, and the key that opened them."""
         try:
             envelope = json.loads(raw)
         except ValueError:
@@ -151,9 +176,14 @@ class FileStore:
             raise self._damaged("is damaged: its nonce or ciphertext is not base64") from None
         if len(nonce) != NONCE_BYTES:
             raise self._damaged("is damaged: its nonce has the wrong length")
-        return self._parse(self._decrypt(envelope, nonce, ciphertext))
+        key = self._key_for(envelope)
+        try:
+            plaintext = AESGCM(key).decrypt(nonce, ciphertext, AAD)
+        except InvalidTag:
+            raise self._damaged("cannot be decrypted: it is damaged or the key does not match") from None
+        return self._parse(plaintext), key
 
-    def _decrypt(self, envelope: dict[str, Any], nonce: bytes, ciphertext: bytes) -> bytes:
+    def _key_for(self, envelope: dict[str, Any]) -> bytes:
         written_with = envelope.get("key_source", "an unknown source")
         restore = (
             f"restore the key it was written with (key from {written_with}), "
@@ -171,10 +201,7 @@ class FileStore:
                 f"{self.key_source.describe()}",
                 restore,
             )
-        try:
-            return AESGCM(key).decrypt(nonce, ciphertext, AAD)
-        except InvalidTag:
-            raise self._damaged("cannot be decrypted: it is damaged or the key does not match") from None
+        return key
 
     def _parse(self, plaintext: bytes) -> _Contents:
         try:
@@ -188,7 +215,7 @@ class FileStore:
         return _Contents({c.key: c for c in creds}, stored)
 
     def _write(self, contents: _Contents) -> None:
-        key = self.key_source.get(create=True)
+        key = self._known.key if self._known is not None else self.key_source.get(create=True)
         assert key is not None
         plaintext = json.dumps(
             {
@@ -206,11 +233,10 @@ class FileStore:
             "nonce": base64.b64encode(nonce).decode(),
             "ciphertext": base64.b64encode(AESGCM(key).encrypt(nonce, plaintext, AAD)).decode(),
         }
-        self._replace((json.dumps(envelope, indent=1) + "\n").encode())
-
-    def _replace(self, data: bytes) -> None:
+        self._known = None
         try:
-            replace_atomically(self.path, data, 0o600)
+            replace_atomically(self.path, (json.dumps(envelope, indent=1) + "\n").encode(), 0o600)
+            self._known = _Known(_identity(os.stat(self.path)), contents.copy(), key)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
 

@@ -40,6 +40,8 @@ from tests.reliability.conftest import file_store, seeded_credential
 
 KILLS = 200
 REFRESHES_PER_WINDOW = 2
+LOST_AT_MOST = 0.6
+"""Share of kills that may fall between the upstream's rotation and the store's rename."""
 """A kill falls uniformly within this many refreshes' time after the refresh loop starts."""
 
 ZYGOTE = r"""
@@ -227,6 +229,9 @@ def test_every_sigkill_during_refreshes_leaves_a_parsable_store_and_the_login(
     assert "Traceback" not in daemon.log()
     for path in daemon.state_dir.iterdir():  # a kill mid-write may leave a temp file: never readable by others
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    # The loss is the share of a refresh that lies between the upstream's commit and the store's
+    # rename: 36-43 % here. It was 88 % while every write re-read the file and asked the keyring.
+    assert len(lost) <= LOST_AT_MOST * KILLS, f"{len(lost)} of {KILLS} kills lost the login: the window widened"
     if lost:
         warnings.warn(
             f"{len(lost)} of {KILLS} SIGKILLs fell between the server's rotation and the store's write "
