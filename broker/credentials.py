@@ -19,6 +19,7 @@ from broker.filelock import LockTimeout
 from broker.followed import FileState, FollowedFiles
 from broker.model import Credential, CredentialKey
 from broker.store.base import Store
+from providers.files import FollowedFile
 
 log = logging.getLogger("broker.store")
 
@@ -149,6 +150,17 @@ class CredentialSet:
             return state, False
         await self._notify()
         return state, True
+
+    async def refollow(self, specs: list[FollowedFile]) -> list[CredentialKey]:
+        """Follow another set of CLI files (a config reload); the keys no longer served.
+
+        Files new to the set are read by the caller (``reread``), as the watcher would.
+        """
+        dropped = await asyncio.to_thread(self.followed.refollow, specs)
+        gone = [key for key in ((s.spec.provider, s.spec.account) for s in dropped) if self._drop(key) is not None]
+        if gone:
+            await self._notify()
+        return gone
 
     async def delete(self, key: CredentialKey) -> bool:
         if key not in self._live:

@@ -36,6 +36,7 @@ from broker.store.select import open_store
 from broker.watcher import Watcher
 from flows.http import new_session
 from providers.base import ProviderContext
+from providers.files import FollowedFile
 from providers.registry import Registry, build_registry
 
 log = logging.getLogger("broker.daemon")
@@ -78,6 +79,7 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._stopped = asyncio.Event()
         self.socket_path: Path | None = None
+        self._reloading: asyncio.Task[None] | None = None
 
     def registry(self) -> Registry:
         return self._registry
@@ -85,7 +87,7 @@ class Daemon:
     async def start(self, sock: socket.socket | None = None) -> None:
         if self.store is None:
             self.store = await asyncio.to_thread(open_store, self.settings.store_backend, self.settings.state_dir)
-        self.credentials = CredentialSet(self.store, self._followed_files())
+        self.credentials = CredentialSet(self.store, FollowedFiles(self._followed_files()))
         await self.credentials.load()
         self._session = new_session()
         context = ProviderContext(session=self._session, now=self.clock.now, sleep=self.clock.sleep)
@@ -132,8 +134,8 @@ class Daemon:
         await proxy.start()
         self.proxy = api.proxy = proxy
 
-    def _followed_files(self) -> FollowedFiles:
-        return FollowedFiles([spec for provider in self._registry for spec in provider.followed_files(self.env)])
+    def _followed_files(self) -> list[FollowedFile]:
+        return [spec for provider in self._registry for spec in provider.followed_files(self.env)]
 
     def _start_watcher(self) -> None:
         self._watcher = Watcher(self.credentials.followed.states, self._file_changed)
@@ -167,22 +169,40 @@ class Daemon:
             self.socket_path.unlink(missing_ok=True)
         self._stopped.set()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; a bad file keeps the old one running."""
+    def reload(self) -> asyncio.Task[None] | None:
+        """SIGHUP: re-read the config; a bad file keeps the old one running.
+
+        Returns the task that finishes the reload (the followed files), ``None`` if the config was refused.
+        """
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            settings = load_settings()
+            settings = load_settings(self.env)
             registry = build_registry(settings.root.section("providers"))
         except ConfigError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
             notify("READY=1", f"STATUS=config reload failed, still serving the old one: {exc}")
-            return
+            return None
         self.settings, self._registry = settings, registry
         self.refresher.margin = settings.refresh_margin
+        self._reloading = asyncio.get_running_loop().create_task(self._refollow(), name="reload followed files")
+        return self._reloading
+
+    async def _refollow(self) -> None:
+        """The followed CLI files the new config names: new ones read and watched, dropped ones let go."""
+        specs = self._followed_files()
+        before = set(self.credentials.followed.states)
+        for key in await self.credentials.refollow(specs):
+            self.refresher.forget(key)
+        if set(self.credentials.followed.states) != before and self._watcher is not None:
+            await self._watcher.stop()
+            self._start_watcher()
+        for path in list(self.credentials.followed.states):
+            await self._file_changed(path)  # new files read; a change the old watcher dropped is seen
         for credential in self.credentials.all():
             self.refresher.ensure_watched(credential.key)
-        log.info("config reloaded providers=%d", len(list(registry)))
-        notify("READY=1", f"STATUS=serving {len(self.credentials.all())} credential(s), config reloaded")
+        count = len(self.credentials.all())
+        log.info("config reloaded providers=%d followed_files=%d", len(list(self._registry)), len(specs))
+        notify("READY=1", f"STATUS=serving {count} credential(s), config reloaded")
 
 
 async def run(settings: Settings) -> int:

@@ -57,6 +57,33 @@ class FollowedFiles:
         self._lock = threading.RLock()
         """Reads (watcher) and write-backs (refresher) run in worker threads: one at a time."""
 
+    def refollow(self, specs: list[FollowedFile]) -> list[FileState]:
+        """Follow ``specs`` from now on (a config reload); the states of files no longer followed.
+
+        A file followed before and after as the same account keeps what broker saw in it
+        and still owes it; only its settings (mode, write-back, lead) change.
+        """
+        with self._lock:
+            old, new = self.states, dict[Path, FileState]()
+            for spec in specs:
+                state = old.get(spec.path)
+                if state is not None and (state.spec.provider, state.spec.account) == (spec.provider, spec.account):
+                    state.spec = spec
+                    new[spec.path] = state
+                else:
+                    new[spec.path] = FileState(spec)
+            self.states = new
+            self._by_key = {(spec.provider, spec.account): spec.path for spec in specs}
+        dropped = [state for path, state in old.items() if new.get(path) is not state]
+        for state in dropped:
+            if state.pending is not None:
+                log.warning(
+                    "no longer following %s while refreshed tokens were owed to it: %s",
+                    state.spec.path,
+                    "its CLI holds a spent refresh token and will need a new login",
+                )
+        return dropped
+
     def state_of(self, key: CredentialKey) -> FileState | None:
         path = self._by_key.get(key)
         return None if path is None else self.states[path]

@@ -248,3 +248,39 @@ async def _file_state(claude: Claude, wanted: str) -> None:
         if (wanted == "error") == (state.problem is not None):
             return
         await claude.daemon.credentials.wait_changed()
+
+
+async def reloaded(claude: Claude) -> None:
+    """What SIGHUP does, awaited to its end."""
+    task = claude.daemon.reload()
+    assert task is not None, "the config was refused"
+    await task
+
+
+async def test_a_config_reload_starts_and_stops_following_the_file(short_tmp: Path):
+    claude, server = await start(short_tmp, "[providers.claude]\nfollow = false\n")
+    config = Path(claude.daemon.env["BROKER_CONFIG"])
+    try:
+        access, refresh = server.issue()
+        claude.write(claude.doc(access, refresh, 3600))
+        with pytest.raises(NotLoggedIn):
+            await claude.token()
+
+        config.write_text(config.read_text().replace("follow = false", "follow = true"))
+        await asyncio.wait_for(reloaded(claude), CHANGE_TIMEOUT)
+        assert (await claude.token())["access_token"] == access
+        assert claude.daemon.refresher.status(KEY).next_refresh_at is not None, "its refresh is planned"
+
+        second = server.issue()
+        claude.write(claude.doc(*second, 3600))
+        await claude.changed()
+        assert (await claude.token())["access_token"] == second[0], "the new watcher sees the file change"
+
+        config.write_text(config.read_text().replace("follow = true", "follow = false"))
+        await asyncio.wait_for(reloaded(claude), CHANGE_TIMEOUT)
+        with pytest.raises(NotLoggedIn):
+            await claude.token()
+        assert json.loads(claude.path.read_text())["claudeAiOauth"]["accessToken"] == second[0], "file untouched"
+    finally:
+        await claude.daemon.stop()
+        server.stop()
