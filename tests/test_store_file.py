@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -335,3 +336,15 @@ def test_a_file_another_writer_replaced_is_read_afresh(open_file_store, state) -
     second.put(credential("b"))
     first.put(credential("c"))
     assert sorted(c.provider for c in second.load()) == ["a", "b", "c"]
+
+
+def test_temp_files_of_a_killed_writer_are_swept_but_not_a_recent_one(open_file_store, state) -> None:
+    open_file_store().put(credential())
+    stale, recent = state / ".credentials.enc.k1ll3d.tmp", state / ".credentials.enc.wr1t1ng.tmp"
+    for leftover in (stale, recent):
+        leftover.write_bytes(b'{"format": "broker-store", "half')
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    assert [c.account for c in open_file_store().load()] == ["me@example.com"]
+    assert not stale.exists()
+    assert recent.exists(), "a write in progress elsewhere is left alone"

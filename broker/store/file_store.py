@@ -8,13 +8,16 @@ the only copy of a login that can still be recovered.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import shlex
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,14 @@ from broker.errors import StoreError
 from broker.model import Credential, CredentialKey
 from broker.store.keys import KeySource, tighten_mode
 
+log = logging.getLogger("broker.store")
+
 FILE_NAME = "credentials.enc"
 FORMAT = "broker-store"
 VERSION = 1
 NONCE_BYTES = 12
+LEFTOVER_AGE = 60.0
+"""A temp file this old beside the store is a killed writer's: a write takes milliseconds."""
 AAD = f"{FORMAT}/v{VERSION}".encode()
 """Binds the ciphertext to this format version: a downgraded envelope fails to decrypt."""
 
@@ -81,10 +88,20 @@ class FileStore:
         self.note = note
         self._lock = threading.Lock()
         self._broken: tuple[StoreError, tuple[int, int, int, int]] | None = None
+        self._sweep_leftovers()
         self._known: _Known | None = None
         """The file as this store last read or wrote it: a write after a refresh re-reads
         nothing and asks no keyring, so the window in which a crash can lose a rotated
         refresh token is the encryption and the write alone."""
+
+    def _sweep_leftovers(self) -> None:
+        """Remove temp files a killed writer left beside the store (never a recent one: it may be in use)."""
+        horizon = time.time() - LEFTOVER_AGE
+        for leftover in self.path.parent.glob(f".{FILE_NAME}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if leftover.lstat().st_mtime < horizon:
+                    leftover.unlink()
+                    log.info("removed %s, left by a writer that was killed mid-write", leftover.name)
 
     def describe(self) -> str:
         text = f"file {self.path} ({self.key_source.describe()})"
