@@ -70,6 +70,17 @@ def refresh_lead(credential: Credential, margin: float) -> float:
     return max(margin, LIFETIME_SHARE * lifetime, credential.lead or 0.0)
 
 
+def reachable_ttl(credential: Credential, min_ttl: float) -> float:
+    """``min_ttl``, or half a token's lifetime when the upstream never issues tokens that long.
+
+    A client asking an hour of a 30-minute token would otherwise cost a refresh per request.
+    """
+    if credential.expires_at is None or credential.issued_at is None:
+        return min_ttl
+    lifetime = credential.expires_at - credential.issued_at
+    return lifetime / 2 if 0 < lifetime <= min_ttl else min_ttl
+
+
 def backoff_delay(failures: int) -> float:
     """Exponential backoff with full jitter in its upper half."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, failures - 1)))
@@ -144,6 +155,8 @@ class Refresher:
             raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
         now = self.clock.now()
         if credential.remaining(now) >= min_ttl:
+            return credential  # nearly every request ends here
+        if credential.remaining(now) >= reachable_ttl(credential, min_ttl):
             return credential
         provider = self.registry().get(credential.provider)
         status = self.status(key)

@@ -188,3 +188,15 @@ async def test_concurrent_requests_share_one_refresh(hour: Harness):
     assert old not in tokens
     assert len(tokens) == 1
     assert hour.oauth.grant_counts["refresh_token"] == 1
+
+
+async def test_a_min_ttl_longer_than_any_token_costs_one_refresh_not_one_per_request(five_minutes: Harness):
+    first = five_minutes.credential
+    assert (await five_minutes.get("/v1/token/acme?min_ttl=3600"))["access_token"] == first.access_token
+    assert five_minutes.oauth.grant_counts["refresh_token"] == 0, "half of the 5-minute lifetime is left"
+
+    five_minutes.clock.advance(200)
+    answers = [await five_minutes.get("/v1/token/acme?min_ttl=3600") for _ in range(5)]
+    assert five_minutes.oauth.grant_counts["refresh_token"] == 1
+    assert {answer["access_token"] for answer in answers} == {five_minutes.credential.access_token}
+    assert all(answer["expires_in"] > 150 for answer in answers)
