@@ -7,8 +7,10 @@ Outbound requests honour ``HTTPS_PROXY``/``NO_PROXY`` (the session is created wi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,8 @@ from flows.errors import TransportError
 DEFAULT_TIMEOUT = 30.0
 USER_AGENT = "broker/0.1"
 MAX_BODY = 1 << 20
+MAX_RETRY_AFTER = 3600.0
+"""A longer Retry-After is taken as an hour: broker must not fall silent for days on one header."""
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -51,13 +55,29 @@ class HttpResponse:
         return value
 
     def retry_after(self) -> float | None:
+        """Retry-After in seconds (RFC 9110: delay-seconds or an HTTP-date), at most ``MAX_RETRY_AFTER``.
+
+        A date is measured against the answer's own ``Date``, so a skewed local clock
+        does not stretch or cancel the wait.
+        """
         value = self.headers.get("Retry-After")
         if value is None:
             return None
         try:
-            return max(0.0, float(value))
+            seconds = float(value)
         except ValueError:
-            return None
+            when = _http_date(value)
+            if when is None:
+                return None
+            seconds = when - (_http_date(self.headers.get("Date", "")) or time.time())
+        return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 class HttpClient:
