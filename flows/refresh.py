@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from flows.errors import OAuthError
 from flows.http import HttpClient
 from flows.token import OAuthClient, TokenSet, request_token
 
@@ -19,13 +20,18 @@ async def refresh(
     http: HttpClient,
     token_endpoint: str,
     client: OAuthClient,
-    refresh_token: str,
+    refresh_token: str | None,
     *,
     now: float,
     scopes: Sequence[str] = (),
     extra: Mapping[str, str] | None = None,
 ) -> TokenSet:
-    """Redeem ``refresh_token`` once; raises OAuthError (e.g. ``invalid_grant``) or TransportError."""
+    """Redeem ``refresh_token`` once; raises OAuthError (e.g. ``invalid_grant``) or TransportError.
+
+    No refresh token at all (a login or a CLI's file without one) is a dead grant too.
+    """
+    if not refresh_token:
+        raise OAuthError("invalid_grant", "there is no refresh token to redeem")
     params: dict[str, str | Sequence[str] | None] = {"refresh_token": refresh_token, **(extra or {})}
     if scopes:
         params["scope"] = " ".join(scopes)

@@ -17,7 +17,6 @@ from broker.config import Section
 from broker.errors import BadRequest
 from broker.model import Credential
 from flows import refresh
-from flows.errors import OAuthError
 from flows.token import OAuthClient
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.endpoints import endpoints_from
@@ -69,8 +68,6 @@ class ClaudeProvider(Provider):
         )
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
-        if not credential.refresh_token:
-            raise OAuthError("invalid_grant", "Claude Code's file holds no refresh token")
         tokens = await refresh.refresh(
             ctx.http(proxy=self.proxy),
             self.endpoints["token"],

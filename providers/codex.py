@@ -146,8 +146,6 @@ class CodexProvider(Provider):
         )
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
-        if not credential.refresh_token:
-            raise OAuthError("invalid_grant", "no refresh token was issued for this login")
         try:
             tokens = await refresh.refresh(
                 ctx.http(proxy=self.proxy),

@@ -15,7 +15,7 @@ from broker.errors import BadRequest, LoginFailed
 from broker.model import Credential
 from flows import device_code, pat, refresh
 from flows.device_code import DeviceAuthorization, DeviceClient
-from flows.errors import FlowError, OAuthError
+from flows.errors import FlowError
 from flows.pkce import PkceClient, PkceLogin
 from flows.token import OAuthClient, TokenSet
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
@@ -174,8 +174,6 @@ class CustomOAuthProvider(Provider):
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         endpoints = await self.endpoints(ctx)
         token_endpoint = _need(endpoints.token_endpoint, "token_endpoint", self.name)
-        if not credential.refresh_token:
-            raise OAuthError("invalid_grant", "no refresh token was issued for this login")
         tokens = await refresh.refresh(
             ctx.http(proxy=self.proxy),
             token_endpoint,

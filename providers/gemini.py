@@ -76,8 +76,6 @@ class GeminiProvider(Provider):
         )
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
-        if not credential.refresh_token:
-            raise OAuthError("invalid_grant", "Gemini CLI's file holds no refresh token")
         try:
             tokens = await refresh.refresh(
                 ctx.http(proxy=self.proxy),

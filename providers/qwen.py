@@ -111,8 +111,6 @@ class QwenProvider(Provider):
         return self._credential(account, tokens, source="login")
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
-        if not credential.refresh_token:
-            raise OAuthError("invalid_grant", "no refresh token was issued for this login")
         try:
             tokens = await refresh.refresh(
                 ctx.http(proxy=self.proxy),

@@ -163,8 +163,6 @@ class VertexProvider(Provider):
             return await request_token(
                 http, endpoint, OAuthClient(""), google_jwt.GRANT_TYPE, {"assertion": assertion}, now=now
             )
-        if not credential.refresh_token:
-            raise OAuthError("invalid_grant", "the ADC file holds no refresh token")
         client = OAuthClient(str(extra["client_id"]), str(extra["client_secret"]), auth_method="client_secret_post")
         return await refresh.refresh(http, endpoint, client, credential.refresh_token, now=now)
 
