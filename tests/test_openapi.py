@@ -312,7 +312,7 @@ def test_token_and_provider_state_of_a_login_match_the_document(logged_in: Daemo
     token = call(logged_in, "GET", "/v1/token/acme").json()
     assert token["account"] == "alice@example.com" and oauth.valid_access_token(token["access_token"])
     assert 0 < token["expires_in"] <= 3600 and token["base_url"] == "https://llm.acme.example/v1"
-    refreshed = call(logged_in, "GET", "/v1/token/acme?min_ttl=86400&account=alice%40example.com").json()
+    refreshed = call(logged_in, "GET", "/v1/token/acme?min_ttl=3599.99&account=alice%40example.com").json()
     assert refreshed["access_token"] != token["access_token"]
     assert call(logged_in, "GET", "/v1/token/acme?min_ttl=-1").code == "bad_request"
     assert call(logged_in, "GET", "/v1/token/acme?min_ttl=86401").code == "bad_request"

@@ -48,7 +48,11 @@ def test_min_ttl_above_the_remaining_lifetime_refreshes_first(daemon: DaemonProc
     daemon.start()
     device_login(daemon, oauth)
     before = token_json(daemon)
-    after = token_json(daemon, "--min-ttl", "7200")
+    impossible = token_json(daemon, "--min-ttl", "7200")
+    assert impossible["access_token"] == before["access_token"], "no 1-hour token can last 2 hours: no refresh"
+    assert oauth.grant_counts["refresh_token"] == 0
+    # Just under the 3600 s lifetime: more than the CLI runs above have left.
+    after = token_json(daemon, "--min-ttl", "3599.99")
     assert after["access_token"] != before["access_token"]
     assert oauth.grant_counts["refresh_token"] == 1
 
