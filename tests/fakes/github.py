@@ -29,27 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+from tests.fakes.loopback import ServedOnLoopback
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP = 5.0
 POLL_TOLERANCE = 0.01
 """A poll this much early is still on time: the client's timer may fire a hair before."""
 DOCS = "https://docs.github.com/developers/apps/authorizing-oauth-apps#error-codes-for-the-device-flow"
-
-
-class QuietHandler(WSGIRequestHandler):
-    """No access log; a silent client cannot hold stop() for more than ``timeout`` seconds."""
-
-    timeout = 10
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
 
 
 @dataclass
@@ -92,7 +83,7 @@ class Poll:
 
 
 @dataclass
-class FakeGitHub:
+class FakeGitHub(ServedOnLoopback):
     now: Callable[[], float] = time.time
     device_interval: float = 0.05
     device_code_lifetime: int = 900
@@ -110,42 +101,6 @@ class FakeGitHub:
     _force_slow_down: int = 0
     _approve_on_poll: tuple[int, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: ThreadedWSGIServer | None = None
-    _thread: threading.Thread | None = None
-    _url: str = ""
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        if not self._url:
-            raise RuntimeError("FakeGitHub has not been started")
-        return self._url
-
-    def start(self) -> FakeGitHub:
-        httpd = ThreadedWSGIServer("127.0.0.1", 0, self._app(), handler=QuietHandler)
-        httpd.daemon_threads = False
-        self._url = f"http://127.0.0.1:{httpd.server_port}"
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        self._httpd = httpd
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None or self._thread is None:
-            return
-        self._httpd.shutdown()
-        self._thread.join()
-        self._httpd.server_close()
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- knobs (thread-safe) -----------------------------------------------------------------
 
@@ -219,7 +174,7 @@ class FakeGitHub:
     def _error(self, error: str, description: str, **more: Any) -> Response:
         return self._answer({"error": error, "error_description": description, "error_uri": DOCS, **more})
 
-    def _app(self) -> Flask:
+    def wsgi_app(self) -> Flask:
         app = Flask(__name__)
         lock = self._lock
 

@@ -26,13 +26,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import ThreadedWSGIServer
 
-from .github import QuietHandler
+from tests.fakes.loopback import ServedOnLoopback
 
 USER_SCOPES = frozenset({"api", "read_api", "read_user"})
 AI_SCOPES = frozenset({"api", "ai_features"})
@@ -57,7 +55,7 @@ class Exchange:
 
 
 @dataclass
-class FakeGitLab:
+class FakeGitLab(ServedOnLoopback):
     now: Callable[[], float] = time.time
     token_lifetime: int = 3600
     gateway_url: str = "https://cloud.gitlab.com/ai"
@@ -71,42 +69,6 @@ class FakeGitLab:
     _calls: dict[str, list[float]] = field(default_factory=dict)
     _instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: ThreadedWSGIServer | None = None
-    _thread: threading.Thread | None = None
-    _url: str = ""
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        if not self._url:
-            raise RuntimeError("FakeGitLab has not been started")
-        return self._url
-
-    def start(self) -> FakeGitLab:
-        httpd = ThreadedWSGIServer("127.0.0.1", 0, self._app(), handler=QuietHandler)
-        httpd.daemon_threads = False
-        self._url = f"http://127.0.0.1:{httpd.server_port}"
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        self._httpd = httpd
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None or self._thread is None:
-            return
-        self._httpd.shutdown()
-        self._thread.join()
-        self._httpd.server_close()
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> FakeGitLab:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- knobs and observations ------------------------------------------------------------------
 
@@ -192,7 +154,7 @@ class FakeGitLab:
                 answer = {"base_url": self.gateway_url, "token": token, "expires_at": expires_at, "headers": headers}
         return _json(answer, 201)
 
-    def _app(self) -> Flask:
+    def wsgi_app(self) -> Flask:
         app = Flask(__name__)
 
         @app.before_request

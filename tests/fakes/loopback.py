@@ -8,27 +8,35 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
-class _QuietHandler(WSGIRequestHandler):
+
+class QuietHandler(WSGIRequestHandler):
+    """No access log; a silent client cannot hold stop() for more than ``timeout`` seconds."""
+
     timeout = 10
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
 
-class LoopbackServer:
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self._httpd: ThreadedWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._url = ""
+class ServedOnLoopback:
+    """The lifecycle every loopback fake shares: serve ``wsgi_app()`` on 127.0.0.1:0 from a thread.
 
-    def handle(self, request: Request) -> Response:
+    A mixin without ``__init__``, so dataclass fakes can use it too.
+    """
+
+    _httpd: ThreadedWSGIServer | None = None
+    _thread: threading.Thread | None = None
+    _url: str = ""
+
+    def wsgi_app(self) -> WSGIApplication:
         raise NotImplementedError
 
     @property
@@ -39,8 +47,8 @@ class LoopbackServer:
         return self._url
 
     def start(self) -> Self:
-        httpd = ThreadedWSGIServer("127.0.0.1", 0, self._wsgi, handler=_QuietHandler)
-        httpd.daemon_threads = False
+        httpd = ThreadedWSGIServer("127.0.0.1", 0, self.wsgi_app(), handler=QuietHandler)
+        httpd.daemon_threads = False  # so server_close() joins request threads still running
         self._url = f"http://127.0.0.1:{httpd.server_port}"
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
@@ -63,6 +71,19 @@ class LoopbackServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class LoopbackServer(ServedOnLoopback):
+    """A fake that implements ``handle``; each request is handled under ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def handle(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    def wsgi_app(self) -> WSGIApplication:
+        return self._wsgi
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)

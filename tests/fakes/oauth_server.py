@@ -35,17 +35,15 @@ Policies:
 from __future__ import annotations
 
 import secrets
-import threading
 from collections import Counter, deque
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from .loopback import ServedOnLoopback
 from .oauth_models import (
     CLIENT_AUTH_METHODS,
     GRANT_TYPES,
@@ -100,16 +98,7 @@ def _random_token(nbytes: int) -> Any:
     return lambda **_: secrets.token_urlsafe(nbytes)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log; a silent client cannot hold stop() for more than ``timeout`` seconds."""
-
-    timeout = 10
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
-class FakeOAuthServer:
+class FakeOAuthServer(ServedOnLoopback):
     """An OAuth 2.0 authorization server on an ephemeral 127.0.0.1 port (see the module docstring)."""
 
     def __init__(
@@ -139,56 +128,23 @@ class FakeOAuthServer:
         self._protector = ResourceProtector()
         self._protector.register_token_validator(BearerValidator(self._store))
         self._app = self._build_app()
-        self._httpd: ThreadedWSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``; set by start() and kept after stop()."""
-        if not self._server.issuer:
-            raise RuntimeError("FakeOAuthServer has not been started")
-        return self._server.issuer
 
     @property
     def issuer(self) -> str:
         return self.url
 
-    def start(self) -> FakeOAuthServer:
-        """Bind and listen on 127.0.0.1:0, then serve from a daemon thread."""
+    def wsgi_app(self) -> Flask:
+        return self._app
+
+    def start(self) -> Self:
+        """Bind and listen on 127.0.0.1:0, then serve from a thread; the URL is the issuer."""
         if self._httpd is not None:
             raise RuntimeError("FakeOAuthServer is already running")
-        httpd = ThreadedWSGIServer("127.0.0.1", 0, self._app, handler=_QuietHandler)
-        httpd.daemon_threads = False  # so server_close() joins request threads still running
-        self._server.issuer = f"http://127.0.0.1:{httpd.server_port}"
-        thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-oauth-server:{httpd.server_port}",
-            daemon=True,
-        )
-        thread.start()
-        self._httpd, self._thread = httpd, thread
+        super().start()
+        self._server.issuer = self.url
         return self
-
-    def stop(self) -> None:
-        """Stop serving, wait for in-flight requests and close the socket (idempotent)."""
-        httpd, thread = self._httpd, self._thread
-        if httpd is None or thread is None:
-            return
-        httpd.shutdown()
-        thread.join()
-        httpd.server_close()
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> FakeOAuthServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- control knobs (thread-safe) -----------------------------------------------------------
 
