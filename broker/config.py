@@ -42,11 +42,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PROXY_HOSTS = ("127.0.0.1", "::1")
 """The auth proxy listens on loopback only."""
 DEFAULT_REFRESH_MARGIN = 60.0
+DEFAULT_HTTP_TIMEOUT = 30.0
 FILE_HINT = "fix the file, or point BROKER_CONFIG at another one"
 _TOP_LEVEL = {
     "daemon": ("socket", "log_level"),
     "store": ("backend", "state_dir"),
     "refresh": ("margin",),
+    "http": ("timeout",),
     "proxy": ("port", "host"),
     "providers": None,  # each provider's keys are checked by the provider itself
 }
@@ -643,6 +645,8 @@ class Settings:
     proxy_port: int | None = None
     """The auth proxy's port (0: any free one); ``None``: no proxy."""
     proxy_host: str = "127.0.0.1"
+    http_timeout: float = DEFAULT_HTTP_TIMEOUT
+    """Seconds one outbound request (refresh, login step, probe) may take in all."""
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
@@ -684,6 +688,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         providers=providers,
         proxy_port=tables["proxy"].int("port", min=0, max=65535) if "port" in tables["proxy"] else None,
         proxy_host=tables["proxy"].choice("host", PROXY_HOSTS, "127.0.0.1"),
+        http_timeout=tables["http"].float("timeout", DEFAULT_HTTP_TIMEOUT, min=0.1, max=600),
     )
 
 

@@ -90,7 +90,9 @@ class Daemon:
         self.credentials = CredentialSet(self.store, FollowedFiles(self._followed_files()))
         await self.credentials.load()
         self._session = new_session()
-        context = ProviderContext(session=self._session, now=self.clock.now, sleep=self.clock.sleep)
+        context = ProviderContext(
+            session=self._session, now=self.clock.now, sleep=self.clock.sleep, timeout=self.settings.http_timeout
+        )
         self.metrics = Metrics()
         self.refresher = Refresher(
             self.credentials,
@@ -184,6 +186,7 @@ class Daemon:
             return None
         self.settings, self._registry = settings, registry
         self.refresher.margin = settings.refresh_margin
+        self.refresher.context.timeout = settings.http_timeout  # logins share this context
         self._reloading = asyncio.get_running_loop().create_task(self._refollow(), name="reload followed files")
         return self._reloading
 

@@ -53,6 +53,7 @@ class Logins:
             session=self.context.session,
             now=self.context.now,
             sleep=self.context.sleep,
+            timeout=self.context.timeout,
             emit=emit,
             register_pkce=register,
         )

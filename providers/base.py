@@ -11,7 +11,7 @@ from typing import Any, Literal
 import aiohttp
 
 from broker.model import Credential
-from flows.http import HttpClient
+from flows.http import DEFAULT_TIMEOUT, HttpClient
 from flows.pkce import PkceLogin
 from providers.files import FollowedFile
 
@@ -26,9 +26,11 @@ class ProviderContext:
     session: aiohttp.ClientSession
     now: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
+    timeout: float = DEFAULT_TIMEOUT
+    """``[http] timeout``: seconds one outbound request may take in all."""
 
     def http(self, *, proxy: str | None = None, headers: Mapping[str, str] | None = None) -> HttpClient:
-        return HttpClient(self.session, proxy=proxy, headers=headers)
+        return HttpClient(self.session, proxy=proxy, headers=headers, timeout=self.timeout)
 
 
 @dataclass

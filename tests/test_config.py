@@ -61,7 +61,7 @@ def test_defaults_apply_when_no_config_file_exists(env: dict[str, str]) -> None:
     assert s.config_path is None
     assert s.socket_path == Path(env["XDG_RUNTIME_DIR"], "broker", "broker.sock")
     assert s.state_dir == home / ".local/state/broker"
-    assert (s.store_backend, s.log_level, s.refresh_margin) == ("auto", "info", 60.0)
+    assert (s.store_backend, s.log_level, s.refresh_margin, s.http_timeout) == ("auto", "info", 60.0, 30.0)
     assert s.providers == {}
     assert s.root.data == {}
 
@@ -101,6 +101,8 @@ backend = "file"
 state_dir = "/file/state"
 [refresh]
 margin = 120
+[http]
+timeout = 12.5
 """
 
 
@@ -108,7 +110,7 @@ def test_file_beats_defaults(env: dict[str, str]) -> None:
     s = load(env, FILE)
     assert s.socket_path == Path("/file/broker.sock")
     assert s.state_dir == Path("/file/state")
-    assert (s.store_backend, s.log_level, s.refresh_margin) == ("file", "warning", 120.0)
+    assert (s.store_backend, s.log_level, s.refresh_margin, s.http_timeout) == ("file", "warning", 120.0, 12.5)
 
 
 @pytest.mark.parametrize(
@@ -307,6 +309,12 @@ def test_top_level_table_of_wrong_type_is_refused(env: dict[str, str]) -> None:
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_refresh_margin_must_be_finite(env: dict[str, str], value: str) -> None:
     assert "refresh.margin: must be a finite number" in str(config_error(env, f"[refresh]\nmargin = {value}\n"))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "601", "'30'"])
+def test_http_timeout_out_of_range_or_not_a_number_is_refused(env: dict[str, str], value: str) -> None:
+    error = str(config_error(env, f"[http]\ntimeout = {value}\n"))
+    assert error.startswith(f"{env['BROKER_CONFIG']}:2: http.timeout: "), error
 
 
 def test_negative_refresh_margin_is_refused(env: dict[str, str]) -> None:

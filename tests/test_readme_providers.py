@@ -59,3 +59,13 @@ def test_every_row_of_the_compatibility_table_in_providers_md_is_registered_as_d
         assert provider.api == api, name
         if "RESOURCE" not in base_url:
             assert provider.base_url == base_url, name
+
+
+@pytest.mark.parametrize("block", re.findall(r"```toml\n(.*?)```", README.read_text(), re.S))
+def test_every_config_example_in_the_readme_is_accepted(tmp_path: Path, block: str):
+    from broker.config import load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text(block)
+    settings = load_settings({"BROKER_CONFIG": str(config), "HOME": str(tmp_path)})
+    build_registry(settings.root.section("providers"))

@@ -29,8 +29,6 @@ from broker.model import Credential, CredentialKey
 from broker.refresher import Status
 from broker.store.base import Store
 from broker.store.select import open_store
-from flows.http import HttpClient
-from providers.base import ProviderContext
 from tests.conftest import isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.faulty_upstream import CLIENT_ID, FaultyUpstream
@@ -71,16 +69,6 @@ def file_store(state_dir: Path) -> Store:
     """The file store as the daemon opens it: its key in a key file, or in the keyring where a
     Secret Service answers (CI), so what a test seeds or reads is what the daemon reads or wrote."""
     return open_store("file", state_dir)
-
-
-@dataclass
-class QuickTimeout(ProviderContext):
-    """The daemon's provider context with a short outbound timeout, so a hang costs seconds."""
-
-    timeout: float = 1.0
-
-    def http(self, *, proxy: str | None = None, headers: Any = None) -> HttpClient:
-        return HttpClient(self.session, proxy=proxy, headers=headers, timeout=self.timeout)
 
 
 @dataclass
@@ -158,14 +146,12 @@ class Rig:
 
 async def start_rig(root: Path, upstream: FaultyUpstream, clock: FakeClock, *, timeout: float | None = None) -> Rig:
     env = {k: v for k, v in isolated_env(root).items() if k not in CLI_ENV}
-    Path(env["BROKER_CONFIG"]).write_text(acme_config(upstream))
+    quick = "" if timeout is None else f"\n[http]\ntimeout = {timeout}\n"  # a hang then costs seconds
+    Path(env["BROKER_CONFIG"]).write_text(acme_config(upstream) + quick)
     store = file_store(Path(env["BROKER_STATE_DIR"]))
     store.put(seeded_credential(upstream, clock.now()))
     daemon = Daemon(load_settings(env), clock=clock, store=store, env=env)
     await daemon.start()
-    if timeout is not None:
-        context = daemon.refresher.context
-        daemon.refresher.context = QuickTimeout(context.session, context.now, context.sleep, timeout=timeout)
     return Rig(daemon, clock, upstream, Path(env["BROKER_SOCKET"]), env)
 
 
