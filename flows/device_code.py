@@ -3,9 +3,10 @@
 §3.1-3.2 device authorization request and response, §3.3 user interaction (through
 the injected ``on_verify`` callback), §3.4-3.5 polling the token endpoint:
 ``authorization_pending`` keeps polling, ``slow_down`` adds 5 seconds to the
-interval for this and all later polls, ``access_denied`` and ``expired_token`` end
-the flow. The whole wait is bounded by ``expires_in``. Transport faults while polling
-back off exponentially (§3.5) instead of ending the login.
+interval for this and all later polls (or takes the server's new ``interval`` if
+longer), ``access_denied`` and ``expired_token`` end the flow. The whole wait is
+bounded by ``expires_in``. Transport faults while polling back off exponentially
+(§3.5) instead of ending the login.
 
 Optional PKCE on the device grant (Qwen) sends an S256 ``code_challenge`` with the
 authorization request and the ``code_verifier`` with every poll.
@@ -114,7 +115,7 @@ async def poll(
             if exc.error == "authorization_pending":
                 continue
             if exc.error == "slow_down":
-                interval += SLOW_DOWN_STEP
+                interval = max(interval + SLOW_DOWN_STEP, exc.interval or 0.0)
                 continue
             raise
         except TransportError as exc:

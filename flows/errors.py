@@ -18,10 +18,14 @@ class FlowError(Exception):
 class OAuthError(FlowError):
     """An error response from the authorization server, e.g. ``invalid_grant``."""
 
-    def __init__(self, error: str, description: str | None = None, status: int = 400) -> None:
+    def __init__(
+        self, error: str, description: str | None = None, status: int = 400, *, interval: float | None = None
+    ) -> None:
         self.error = error
         self.description = description
         self.status = status
+        self.interval = interval
+        """``slow_down`` only: the poll interval the server asks for from now on (GitHub sends one)."""
         text = error if not description else f"{error}: {description}"
         super().__init__(text)
 

@@ -21,6 +21,9 @@ from flows.http import HttpClient, HttpResponse
 
 ClientAuth = Literal["none", "client_secret_basic", "client_secret_post"]
 
+MAX_INTERVAL = 300.0
+"""A poll interval a server may ask for; anything longer is a garbled answer."""
+
 
 @dataclass(frozen=True)
 class OAuthClient:
@@ -87,7 +90,8 @@ async def request_token(
 def parse_token_response(response: HttpResponse, *, now: float) -> TokenSet:
     """A TokenSet, an OAuthError (§5.2) or a TransportError for faults worth retrying."""
     if response.status == 429 and _error_code(response) == "slow_down":
-        raise OAuthError("slow_down", None, 429)  # RFC 8628 §3.5 sent with HTTP 429 (Qwen)
+        # RFC 8628 §3.5 sent with HTTP 429 (Qwen)
+        raise OAuthError("slow_down", None, 429, interval=_interval(response.json_object()))
     if response.status >= 500 or response.status == 429:
         raise TransportError(
             f"{response.url} answered HTTP {response.status}",
@@ -103,10 +107,21 @@ def parse_token_response(response: HttpResponse, *, now: float) -> TokenSet:
             error = error.get("code") or error.get("type") or "invalid_request"
         if not isinstance(error, str):
             error = str(error)
-        raise OAuthError(error, description if isinstance(description, str) else None, response.status)
+        interval = _interval(data) if error == "slow_down" else None
+        raise OAuthError(
+            error, description if isinstance(description, str) else None, response.status, interval=interval
+        )
     if response.status >= 400:
         raise OAuthError("invalid_request", f"HTTP {response.status} without an error code", response.status)
     return token_set_from(data, now=now)
+
+
+def _interval(data: Mapping[str, Any]) -> float | None:
+    """A ``slow_down`` answer's new poll interval, when it gives a sane one (GitHub does)."""
+    value = data.get("interval")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_INTERVAL:
+        return None
+    return float(value)
 
 
 def _error_code(response: HttpResponse) -> object:

@@ -99,6 +99,7 @@ class FakeGitHub(ServedOnLoopback):
     """GitHub token -> user."""
     _no_copilot: set[str] = field(default_factory=set)
     _force_slow_down: int = 0
+    _slow_down_step: float = SLOW_DOWN_STEP
     _approve_on_poll: tuple[int, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,10 +122,15 @@ class FakeGitHub(ServedOnLoopback):
         with self._lock:
             self._approve_on_poll = (poll, user or self.user)
 
-    def slow_down_next(self, count: int = 1) -> None:
-        """Answer the next ``count`` polls with ``slow_down``, as GitHub does when it deems them too fast."""
+    def slow_down_next(self, count: int = 1, *, step: float = SLOW_DOWN_STEP) -> None:
+        """Answer the next ``count`` polls with ``slow_down``, as GitHub does when it deems them too fast.
+
+        ``step``: how much the interval grows each time; GitHub documents 5 s, and its
+        body's ``interval`` is the authority where the two differ.
+        """
         with self._lock:
             self._force_slow_down += count
+            self._slow_down_step = step
 
     def revoke(self, user: str) -> None:
         """The user revokes the app: every GitHub token of theirs stops working."""
@@ -292,8 +298,9 @@ class FakeGitHub(ServedOnLoopback):
         if now >= code.expires_at:
             return {"error": "expired_token", "error_description": "The device_code has expired.", "error_uri": DOCS}
         if too_soon or self._force_slow_down:
+            step = self._slow_down_step if self._force_slow_down else SLOW_DOWN_STEP
             self._force_slow_down = max(0, self._force_slow_down - 1)
-            code.interval += SLOW_DOWN_STEP
+            code.interval += step
             return {
                 "error": "slow_down",
                 "error_description": "Too many requests have been made in the same timeframe.",
