@@ -91,9 +91,14 @@ class Api:
             raise BadRequest(
                 "the auth proxy is off", "start it with: broker serve --proxy-port PORT (or [proxy] port in the config)"
             )
-        answer = self.proxy.client_answer(provider)
+        account = request.query.get("account")
+        answer = self.proxy.client_answer(provider, account)
         if provider.needs_credential:
-            self.key_of(provider, None)  # not logged in: say so now, not at the tool's first request
+            key = self.key_of(provider, account)  # not logged in: say so now, not at the tool's first request
+            if self.credentials.get(key) is None:
+                raise NotLoggedIn(
+                    f"{provider.name}: no login for account {account!r}", f"run: broker login {provider.name}"
+                )
         return web.json_response(answer)
 
     async def providers(self, request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""The auth-injecting local proxy: ``http://127.0.0.1:PORT/NAME/...`` -> NAME's API, with a fresh token.
+"""The auth-injecting local proxy: ``http://127.0.0.1:PORT/NAME[@ACCOUNT]/...`` -> NAME's API, with a fresh token.
 
 For tools that take only a static base URL and key (Dify, LiteLLM, Ollama-style
 clients): they get the proxy's address and its own key (``broker env NAME --proxy``);
@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -115,17 +115,22 @@ class AuthProxy:
             await self._session.close()
             self._session = None
 
-    def client_answer(self, provider: Provider) -> dict[str, Any]:
-        """What a tool needs to use ``provider`` through the proxy, shaped like a token answer."""
+    def client_answer(self, provider: Provider, account: str | None = None) -> dict[str, Any]:
+        """What a tool needs to use ``provider`` through the proxy, shaped like a token answer.
+
+        Without an account the proxy serves the provider's default one, whichever that is
+        at each request; ``/NAME@ACCOUNT`` pins one.
+        """
         self._check_allowed(provider)
+        target = quote(provider.name, safe="") + ("" if account is None else "@" + quote(account, safe="@"))
         return {
             "provider": provider.name,
-            "account": None,
+            "account": account,
             "access_token": self.key,
             "token_type": "Bearer",
             "expires_at": None,
             "expires_in": None,
-            "base_url": f"{self.base_url}/{provider.name}",
+            "base_url": f"{self.base_url}/{target}",
             "api": provider.api,
             "headers": {},
             "auth": "x-api-key" if provider.api == "anthropic" else "bearer",
@@ -134,10 +139,17 @@ class AuthProxy:
 
     # --- one request -------------------------------------------------------------------------
 
+    def _target(self, segment: str) -> tuple[str, str | None]:
+        """``NAME`` or ``NAME@ACCOUNT`` (the first ``@``; a provider named with an ``@`` still works)."""
+        if segment in self.registry():
+            return segment, None
+        name, at, account = segment.partition("@")
+        return (name, account) if at and account else (segment, None)
+
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers."""
         started = time.monotonic()
-        name = request.match_info["provider"]
+        name, account = self._target(request.match_info["provider"])
         path, _, query = request.raw_path.partition("?")  # raw: the client's percent-encoding is kept
         tail = path.split("/", 2)[2] if path.count("/") >= 2 else ""
         shown = f"/{name}/{tail}"  # for log lines: never the query string, which may carry a key
@@ -154,7 +166,7 @@ class AuthProxy:
         self._check_allowed(provider)
         if any(unquote(part) in (".", "..") for part in tail.split("/")):
             raise BadRequest("the path may not contain '.' or '..' segments")
-        provider, credential = await self.fresh(name, None, MIN_TTL)
+        provider, credential = await self.fresh(name, account, MIN_TTL)
         served = provider.served(credential)
         base_url = served.get("base_url")
         if not base_url:

@@ -209,6 +209,29 @@ def test_every_request_gets_a_fresh_subscription_token(daemon: DaemonProcess):
         assert llm.requests[1].headers["Copilot-Integration-Id"] == "vscode-chat"
 
 
+def test_name_at_account_pins_an_account_and_the_bare_name_follows_the_default(daemon: DaemonProcess):
+    work = "sk-work-9876543210"
+    with FakeLLM(style="openai", key=lambda token: token in (KEY, work)) as llm:
+        daemon.write_config(f'{PROXY}\n[providers.openai]\nbase_url = "{llm.url}/v1"\n')
+        daemon.start()
+        login_key(daemon, "openai")
+        result = daemon.cli("login", "openai", "--account", "work@example.com", "--key-stdin", input=work + "\n")
+        assert result.returncode == 0, result.stderr
+        pinned = daemon.request("GET", "/v1/proxy/openai?account=work%40example.com")
+        assert urlsplit(pinned["base_url"]).path == "/openai@work@example.com"
+        assert pinned["account"] == "work@example.com"
+        auth = {"Authorization": f"Bearer {pinned['access_token']}"}
+        assert call(pinned["base_url"] + "/chat/completions", headers=auth)[0] == 200
+        assert call(proxy_answer(daemon, "openai")["base_url"] + "/chat/completions", headers=auth)[0] == 200
+        assert [seen.headers["Authorization"] for seen in llm.requests] == [f"Bearer {work}", f"Bearer {KEY}"]
+
+        exported = daemon.cli("env", "openai", "--proxy", "--account", "work@example.com", "--json")
+        assert exported.returncode == 0, exported.stderr
+        assert "/openai@work@example.com" in exported.stdout
+        missing = daemon.cli("env", "openai", "--proxy", "--account", "nobody")
+        assert missing.returncode == 3 and "no login for account 'nobody'" in missing.stderr
+
+
 def test_one_log_line_per_request_names_provider_path_and_status_but_no_secret(proxied: Proxied):
     key = proxied.answer["access_token"]
     url = proxied.answer["base_url"] + "/models?session=s3cr3t"

@@ -9,7 +9,6 @@ import sys
 from broker.cli.connect import client
 from broker.client import Client, quote
 from broker.envvars import variables
-from broker.errors import BadRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,9 +30,8 @@ def answer(daemon: Client, args: argparse.Namespace) -> dict[str, Any]:
     """The token answer, or with ``--proxy`` the proxy's (its base URL for the provider and its key)."""
     if not args.proxy:
         return daemon.token(args.provider, args.account)
-    if args.account:
-        raise BadRequest("the proxy serves a provider's default account", "drop --account, or use it without --proxy")
-    result: dict[str, Any] = daemon.request("GET", f"/v1/proxy/{quote(args.provider)}")
+    query = f"?account={quote(args.account)}" if args.account else ""
+    result: dict[str, Any] = daemon.request("GET", f"/v1/proxy/{quote(args.provider)}{query}")
     return result
 
 
