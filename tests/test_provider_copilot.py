@@ -331,33 +331,24 @@ async def in_process(root: Path, config: str, clock: FakeClock) -> AsyncIterator
         await daemon.stop()
 
 
-async def test_a_slow_down_interval_longer_than_five_more_seconds_is_obeyed(short_tmp: Path) -> None:
+@pytest.mark.parametrize(
+    "step",
+    [5.0, 8.0],
+    ids=["five-seconds-more", "the-body-asks-for-more"],  # GitHub's body carries the new interval: it wins
+)
+async def test_slow_down_lengthens_every_later_poll(short_tmp: Path, step: float) -> None:
     clock = FakeClock()
     with FakeGitHub(now=clock.now, device_interval=0.05) as github:
-        github.slow_down_next(step=8)
+        github.slow_down_next(step=step)
         github.approve_on_poll(3)
         async with in_process(short_tmp, copilot_config(github), clock) as harness:
             events = await harness.login("copilot")
     assert events[-1]["event"] == "done"
     first, second, third = github.polls
     assert (first.answer, second.answer, third.answer) == ("slow_down", "authorization_pending", "access_token")
-    assert second.at - first.at == pytest.approx(8.05), "the body's interval, not just 5 s more"
-    assert third.at - second.at == pytest.approx(8.05)
-
-
-async def test_slow_down_adds_five_seconds_before_the_next_poll(short_tmp: Path) -> None:
-    clock = FakeClock()
-    with FakeGitHub(now=clock.now, device_interval=0.05) as github:
-        github.slow_down_next()
-        github.approve_on_poll(3)
-        async with in_process(short_tmp, copilot_config(github), clock) as harness:
-            events = await harness.login("copilot")
-    assert events[-1]["event"] == "done"
-    first, second, third = github.polls
-    assert (first.answer, second.answer, third.answer) == ("slow_down", "authorization_pending", "access_token")
-    assert first.interval == pytest.approx(5.05), "GitHub's body carries the new interval"
-    assert second.at - first.at == pytest.approx(5.05)
-    assert third.at - second.at == pytest.approx(5.05), "the longer interval holds for every later poll"
+    assert first.interval == pytest.approx(0.05 + step), "GitHub's body carries the new interval"
+    assert second.at - first.at == pytest.approx(0.05 + step)
+    assert third.at - second.at == pytest.approx(0.05 + step), "the longer interval holds for every later poll"
 
 
 async def test_timer_renews_the_copilot_token_at_refresh_in_and_keeps_the_github_token(short_tmp: Path) -> None:
