@@ -70,9 +70,12 @@ class Api:
         )
 
     async def token(self, request: web.Request) -> web.Response:
-        query = request.query
-        min_ttl = _number(query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
-        provider, credential = await self.fresh_token(request.match_info["provider"], query.get("account"), min_ttl)
+        min_ttl, account = DEFAULT_MIN_TTL, None
+        if "?" in request.raw_path:  # most clients send none: parsing an empty query costs aiohttp a MultiDict
+            query = request.query
+            min_ttl = _number(query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
+            account = query.get("account")
+        provider, credential = await self.fresh_token(request.match_info["provider"], account, min_ttl)
         body = self._token_bytes(provider, credential)
         return web.Response(body=body, content_type="application/json", charset="utf-8")
 
