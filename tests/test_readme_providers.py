@@ -45,6 +45,7 @@ def test_broker_providers_lists_every_provider_with_api_style_auth_and_login(dae
     assert "broker login openai (API key) [apikey]" in next(line for line in lines if line.startswith("openai "))
     assert "login: none (local server, no auth)" in next(line for line in lines if line.startswith("ollama "))
     assert listed["azure"]["auth"] == "api-key" and listed["anthropic"]["auth"] == "x-api-key"
+    assert len({line.index(" auth: ") for line in lines}) == 1, "columns line up, the longest API style included"
 
 
 @pytest.mark.skipif(not PROVIDERS_MD.exists(), reason="../shared/providers.md is not beside the repository")

@@ -18,9 +18,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not listing["providers"]:
         print("no providers configured: add [providers.NAME] to the config (see README)")
+    rows = []
     for provider in listing["providers"]:
         flows = ", ".join(provider.get("flows", []))
         login = f"{provider.get('login') or ''}" + (f" [{flows}]" if flows else "")
-        api, auth = provider.get("api") or "", provider.get("auth") or ""
-        print(f"{provider['name']:<14} {api:<17} auth: {auth:<10} {provider['state']:<14} login: {login}")
+        auth = f"auth: {provider.get('auth') or ''}"
+        rows.append((provider["name"], provider.get("api") or "", auth, provider["state"], f"login: {login}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)] if rows else []
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[4]]))
     return 0
