@@ -24,6 +24,7 @@ from broker.config import Settings, load_settings
 from broker.credentials import CredentialSet
 from broker.errors import BrokerError, ConfigError
 from broker.followed import FollowedFiles
+from broker.inflight import InFlight
 from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.proxy import AuthProxy
@@ -101,6 +102,7 @@ class Daemon:
             self.clock,
             margin=self.settings.refresh_margin,
             metrics=self.metrics,
+            inflight=InFlight(self.settings.state_dir),
         )
         self.logins = Logins(self.registry, self.credentials, self.refresher, context)
         store = self.store
@@ -120,10 +122,20 @@ class Daemon:
         site = web.SockSite(self._runner, sock, backlog=socket.SOMAXCONN)  # aiohttp listens again: 128 by default
         await site.start()
         self.refresher.watch_all()
+        await self._check_cut_short()
         self._start_watcher()
         count = len(self.credentials.all())
         log.info("ready socket=%s store=%s credentials=%d", self.socket_path or "systemd", store.name, count)
         notify("READY=1", f"STATUS=serving {count} credential(s), store: {store.name}")
+
+    async def _check_cut_short(self) -> None:
+        """Before READY: the logins whose refresh the last run left unfinished are checked, once."""
+        inflight = self.refresher.inflight
+        assert inflight is not None
+        left = await asyncio.to_thread(inflight.left_over)
+        if left:
+            await self.refresher.check_cut_short(left)
+            await asyncio.to_thread(inflight.forget_left_over)
 
     async def _start_proxy(self, api: Api) -> None:
         """The auth proxy, when ``--proxy-port`` or ``[proxy] port`` asks for it; its key lives in the store."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from broker.clock import Clock
 from broker.credentials import CredentialSet
 from broker.errors import BrokerError, LoginRequired, NotLoggedIn, RefreshFailed, StoreError
+from broker.inflight import InFlight
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
 from broker.upstream_errors import to_broker_error
@@ -97,8 +98,12 @@ class Refresher:
         *,
         margin: float = 60.0,
         metrics: Metrics | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self.credentials = credentials
+        self.inflight = inflight
+        self._cut_short: set[CredentialKey] = set()
+        """Logins whose last refresh a crash interrupted, while ``check_cut_short`` checks them."""
         self.metrics = metrics or Metrics()
         self.registry = registry
         self.context = context
@@ -123,6 +128,10 @@ class Refresher:
         timer = self._timers.get(key)
         if timer is None or timer.done():
             self._timers[key] = asyncio.create_task(self._keep_fresh(key), name=f"refresh {key[0]}/{key[1]}")
+
+    def timer(self, key: CredentialKey) -> asyncio.Task[None] | None:
+        """The task that keeps ``key`` fresh; it ends when nothing more can be done by itself."""
+        return self._timers.get(key)
 
     def watch_all(self) -> None:
         for credential in self.credentials.all():
@@ -251,6 +260,7 @@ class Refresher:
                     status.state, status.last_error, status.failures = "ready", None, 0
                     return adopted
                 credential = self.credentials.get(key) or credential  # as the file holds it now
+                await self._record_in_flight(key, cli_lock)
                 try:
                     fresh = await self._call_provider(provider, credential)
                 except LoginRequired as dead:
@@ -276,6 +286,40 @@ class Refresher:
         status.refreshes += 1
         log.info("refreshed provider=%s account=%s expires_in=%s", key[0], key[1], _expires_in(fresh, self.clock))
         return fresh
+
+    async def check_cut_short(self, keys: set[CredentialKey]) -> None:
+        """Refresh now each login whose last refresh a crash cut short (the daemon does it before ready).
+
+        Either the upstream never redeemed its refresh token (the refresh simply happens
+        now) or it had rotated it already: then the login is dead and says so at once,
+        rather than at its next refresh, perhaps an hour later.
+        """
+        keys = {key for key in keys if self.refreshable(key)}
+        for key in sorted(keys):
+            log.warning("a refresh of provider=%s account=%s was cut short when broker last stopped: checking it", *key)
+        self._cut_short |= keys
+        try:
+            await asyncio.gather(*(self.refresh_now(key) for key in keys), return_exceptions=True)
+        finally:
+            self._cut_short -= keys
+
+    async def _record_in_flight(self, key: CredentialKey, until: contextlib.AsyncExitStack) -> None:
+        """The refresh token is about to be sent: say so on disk until this attempt's outcome is handled."""
+        if self.inflight is None:
+            return
+        try:
+            await asyncio.to_thread(self.inflight.begin, key)
+        except OSError as exc:  # not worth failing the refresh for: only a crash's diagnosis is at stake
+            log.warning("cannot record the refresh in %s: %s", self.inflight.path, exc)
+            return
+        until.push_async_callback(self._end_in_flight, key)
+
+    async def _end_in_flight(self, key: CredentialKey) -> None:
+        assert self.inflight is not None
+        try:
+            await asyncio.to_thread(self.inflight.end, key)
+        except OSError as exc:
+            log.warning("cannot update %s: %s", self.inflight.path, exc)
 
     async def _adopt_newer_file(
         self, key: CredentialKey, credential: Credential, *, any_change: bool = False
@@ -306,6 +350,12 @@ class Refresher:
 
     def _dead_login(self, key: CredentialKey, error: LoginRequired) -> LoginRequired:
         """A dead login says how to revive it: the owning CLI's login for a followed file."""
+        if key in self._cut_short:
+            error = LoginRequired(
+                f"{error.message} (broker stopped in the middle of its last refresh, after the upstream had "
+                "replaced the refresh token: the new one was lost)",
+                error.hint,
+            )
         state = self.credentials.followed.state_of(key)
         if state is None:
             return error
@@ -368,6 +418,8 @@ class Refresher:
             await self._sleep_until(due)
             if self.credentials.get(key) is not credential:
                 continue  # replaced meanwhile (a login, an on-demand refresh): plan again
+            if self.status(key).state == "login_required":
+                return  # an on-demand refresh found the login dead meanwhile: never send its token again
             try:
                 await self.refresh_now(key)
             except BrokerError:

@@ -200,3 +200,18 @@ async def test_a_min_ttl_longer_than_any_token_costs_one_refresh_not_one_per_req
     assert five_minutes.oauth.grant_counts["refresh_token"] == 1
     assert {answer["access_token"] for answer in answers} == {five_minutes.credential.access_token}
     assert all(answer["expires_in"] > 150 for answer in answers)
+
+
+async def test_a_login_an_on_demand_refresh_found_dead_is_not_tried_again_by_the_timer(hour: Harness):
+    planned = hour.daemon.refresher.status(KEY).next_refresh_at
+    assert planned is not None
+    hour.oauth.revoke_all_refresh_tokens()
+    hour.clock.advance(60)
+    served = await hour.get("/v1/token/acme?min_ttl=3590")  # 3540 s left: refresh first, which finds it dead
+    assert served["access_token"] == hour.credential.access_token, "the valid token is still served"
+    assert hour.daemon.refresher.status(KEY).state == "login_required"
+    timer = hour.daemon.refresher.timer(KEY)
+    assert timer is not None and not timer.done()
+    hour.clock.advance_to(planned)
+    await asyncio.wait_for(asyncio.shield(timer), 10)  # the woken timer gives up on a dead login
+    assert hour.oauth.grant_counts["refresh_token"] == 1, "a dead refresh token is sent once"
