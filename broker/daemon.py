@@ -7,12 +7,14 @@ config, and systemd hears READY=1 / STATUS= / STOPPING=1 when it runs us.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -22,11 +24,14 @@ from broker.api import Api
 from broker.clock import Clock, SystemClock
 from broker.config import Settings, load_settings
 from broker.credentials import CredentialSet
-from broker.errors import BrokerError, ConfigError
+from broker.errors import BrokerError, ConfigError, StoreError
 from broker.followed import FollowedFiles
 from broker.inflight import InFlight
+from broker.journal import SECRET_NAME as JOURNAL_SECRET
+from broker.journal import Journal
 from broker.logins import Logins
 from broker.metrics import Metrics
+from broker.model import CredentialKey
 from broker.proxy import AuthProxy
 from broker.proxy_auth import load_or_create_key
 from broker.refresher import Refresher
@@ -103,6 +108,7 @@ class Daemon:
             margin=self.settings.refresh_margin,
             metrics=self.metrics,
             inflight=InFlight(self.settings.state_dir),
+            journals=await self._journals(),
         )
         self.logins = Logins(self.registry, self.credentials, self.refresher, context)
         store = self.store
@@ -119,14 +125,26 @@ class Daemon:
         if sock is None:
             self.socket_path = self.settings.socket_path
             sock = bind_unix_socket(self.socket_path)
+        await self._check_cut_short()  # before any client or timer could redeem a token the last run spent
         site = web.SockSite(self._runner, sock, backlog=socket.SOMAXCONN)  # aiohttp listens again: 128 by default
         await site.start()
         self.refresher.watch_all()
-        await self._check_cut_short()
         self._start_watcher()
         count = len(self.credentials.all())
         log.info("ready socket=%s store=%s credentials=%d", self.socket_path or "systemd", store.name, count)
         notify("READY=1", f"STATUS=serving {count} credential(s), store: {store.name}")
+
+    async def _journals(self) -> Callable[[CredentialKey], Journal] | None:
+        """Each credential's refresh journal, sealed with a key kept in the store; none without a store."""
+        store, state_dir = self.store, self.settings.state_dir
+        if store is None or self.credentials.load_error is not None:
+            return None
+        try:
+            key = await asyncio.to_thread(_journal_key, store)
+        except StoreError as exc:
+            log.warning("refreshes go out unjournaled: %s", exc.message)
+            return None
+        return lambda credential: Journal.of(state_dir, key, credential)
 
     async def _check_cut_short(self) -> None:
         """Before READY: the logins whose refresh the last run left unfinished are checked, once."""
@@ -218,6 +236,14 @@ class Daemon:
         count = len(self.credentials.all())
         log.info("config reloaded providers=%d followed_files=%d", len(list(self._registry)), len(specs))
         notify("READY=1", f"STATUS=serving {count} credential(s), config reloaded")
+
+
+def _journal_key(store: Store) -> bytes:
+    encoded = store.get_secret(JOURNAL_SECRET)
+    if encoded is None:
+        encoded = base64.b64encode(secrets.token_bytes(32)).decode()
+        store.set_secret(JOURNAL_SECRET, encoded)
+    return base64.b64decode(encoded)
 
 
 async def run(settings: Settings) -> int:

@@ -18,17 +18,19 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from broker.clock import Clock
 from broker.credentials import CredentialSet
 from broker.errors import BrokerError, LoginRequired, NotLoggedIn, RefreshFailed, StoreError
 from broker.inflight import InFlight
+from broker.journal import Journal, JournaledHttp, ReplayHttp
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
 from broker.upstream_errors import to_broker_error
 from flows.errors import FlowError, TransportError
+from flows.http import HttpClient, HttpResponse
 from providers.base import Provider, ProviderContext
 from providers.registry import Registry
 
@@ -99,9 +101,12 @@ class Refresher:
         margin: float = 60.0,
         metrics: Metrics | None = None,
         inflight: InFlight | None = None,
+        journals: Callable[[CredentialKey], Journal] | None = None,
     ) -> None:
         self.credentials = credentials
         self.inflight = inflight
+        self.journals = journals
+        """Each credential's journal; ``None``: refresh requests go out from this process itself."""
         self._cut_short: set[CredentialKey] = set()
         """Logins whose last refresh a crash interrupted, while ``check_cut_short`` checks them."""
         self.metrics = metrics or Metrics()
@@ -134,8 +139,9 @@ class Refresher:
         return self._timers.get(key)
 
     def watch_all(self) -> None:
+        """At start: a timer for every credential, keeping what the start's checks found (a dead login)."""
         for credential in self.credentials.all():
-            self.watch(credential.key)
+            self.ensure_watched(credential.key)
 
     def forget(self, key: CredentialKey) -> None:
         timer = self._timers.pop(key, None)
@@ -189,14 +195,19 @@ class Refresher:
 
         A caller giving up (``wait_limit`` passed: ``TimeoutError``) leaves the refresh running.
         """
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._refresh_once(key), name=f"refresh-now {key[0]}/{key[1]}")
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+        task = self._start(key)
         if wait_limit is None:
             return await asyncio.shield(task)
         return await self._wait_at_most(task, wait_limit)
+
+    def _start(self, key: CredentialKey, *, recover: bool = False) -> asyncio.Task[Credential]:
+        """The refresh in flight for ``key``, started now if there is none (synchronously: no gap to race)."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._refresh_once(key, recover), name=f"refresh-now {key[0]}/{key[1]}")
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return task
 
     async def _wait_at_most(self, task: asyncio.Task[Credential], seconds: float) -> Credential:
         """``task``'s result, or ``TimeoutError`` after ``seconds`` on the injected clock."""
@@ -229,10 +240,10 @@ class Refresher:
         async with self._settled:
             self._settled.notify_all()
 
-    async def _refresh_once(self, key: CredentialKey) -> Credential:
+    async def _refresh_once(self, key: CredentialKey, recover: bool = False) -> Credential:
         result = "ok"
         try:
-            return await self._attempt(key)
+            return await self._attempt(key, await self._journaled_answer(key) if recover else None)
         except BrokerError as exc:
             result = exc.code
             raise
@@ -244,7 +255,8 @@ class Refresher:
             self.status(key).attempts += 1
             await self._changed()
 
-    async def _attempt(self, key: CredentialKey) -> Credential:
+    async def _attempt(self, key: CredentialKey, replay: HttpResponse | None = None) -> Credential:
+        """One refresh; with ``replay``, the journaled answer of one a crash cut short stands in for the network."""
         credential = self.credentials.get(key)
         if credential is None:
             raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
@@ -260,9 +272,10 @@ class Refresher:
                     status.state, status.last_error, status.failures = "ready", None, 0
                     return adopted
                 credential = self.credentials.get(key) or credential  # as the file holds it now
-                await self._record_in_flight(key, cli_lock)
+                outcome = _Outcome()
+                await self._record_in_flight(key, cli_lock, outcome)
                 try:
-                    fresh = await self._call_provider(provider, credential)
+                    fresh = await self._call_provider(provider, credential, replay)
                 except LoginRequired as dead:
                     adopted = await self._adopt_newer_file(key, credential, any_change=True)
                     if adopted is None:
@@ -278,6 +291,7 @@ class Refresher:
             try:
                 fresh = await self.credentials.put(fresh, spent=credential.refresh_token)
             except StoreError as exc:
+                outcome.unsaved = True  # the journal keeps the answer for the next start
                 status.state, status.last_error = "error", exc
                 log.error("refreshed but not persisted provider=%s account=%s: %s", key[0], key[1], exc)
                 raise
@@ -299,24 +313,45 @@ class Refresher:
             log.warning("a refresh of provider=%s account=%s was cut short when broker last stopped: checking it", *key)
         self._cut_short |= keys
         try:
-            await asyncio.gather(*(self.refresh_now(key) for key in keys), return_exceptions=True)
+            tasks = [self._start(key, recover=True) for key in keys]
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self._cut_short -= keys
 
-    async def _record_in_flight(self, key: CredentialKey, until: contextlib.AsyncExitStack) -> None:
+    async def _journaled_answer(self, key: CredentialKey) -> HttpResponse | None:
+        """The answer a helper of the last run journaled for ``key``, once no helper is at work on it."""
+        if self.journals is None:
+            return None
+        journal = self.journals(key)
+
+        def read() -> HttpResponse | None:
+            with journal.locked():
+                return journal.read()
+
+        answer = await asyncio.to_thread(read)
+        if answer is not None:
+            log.warning("recovering the answer of the refresh cut short provider=%s account=%s", *key)
+        return answer
+
+    async def _record_in_flight(self, key: CredentialKey, until: contextlib.AsyncExitStack, outcome: _Outcome) -> None:
         """The refresh token is about to be sent: say so on disk until this attempt's outcome is handled."""
         if self.inflight is None:
             return
         try:
             await asyncio.to_thread(self.inflight.begin, key)
-        except OSError as exc:  # not worth failing the refresh for: only a crash's diagnosis is at stake
+        except OSError as exc:  # the refresh goes on: only the recovery from a crash in it is at stake
             log.warning("cannot record the refresh in %s: %s", self.inflight.path, exc)
             return
-        until.push_async_callback(self._end_in_flight, key)
+        until.push_async_callback(self._end_in_flight, key, outcome)
 
-    async def _end_in_flight(self, key: CredentialKey) -> None:
+    async def _end_in_flight(self, key: CredentialKey, outcome: _Outcome) -> None:
+        """The outcome is handled: forget the record and the journal (kept when the store refused the write)."""
         assert self.inflight is not None
+        if outcome.unsaved:
+            return
         try:
+            if self.journals is not None:
+                await asyncio.to_thread(self.journals(key).discard)
             await asyncio.to_thread(self.inflight.end, key)
         except OSError as exc:
             log.warning("cannot update %s: %s", self.inflight.path, exc)
@@ -379,12 +414,15 @@ class Refresher:
             )
         return LoginRequired(f"{name}: the token expired and cannot be refreshed", f"run: broker login {name}")
 
-    async def _call_provider(self, provider: Provider, credential: Credential) -> Credential:
+    async def _call_provider(
+        self, provider: Provider, credential: Credential, replay: HttpResponse | None = None
+    ) -> Credential:
         """The provider's refresh, with a few quick retries for transient faults."""
         status = self.status(credential.key)
+        context = self._context_for(credential.key, replay)
         for attempt in range(QUICK_RETRIES + 1):
             try:
-                fresh = await provider.refresh(self.context, credential)
+                fresh = await provider.refresh(context, credential)
                 status.not_before = None
                 return fresh
             except TransportError as exc:
@@ -397,6 +435,16 @@ class Refresher:
             except FlowError as exc:
                 raise to_broker_error(exc, provider.name, "refresh") from None
         raise AssertionError("unreachable")
+
+    def _context_for(self, key: CredentialKey, replay: HttpResponse | None) -> ProviderContext:
+        """Where a refresh's requests go: through the journaling helper, or to the journaled answer."""
+        if self.journals is None:
+            return self.context
+        base = self.context
+        return _Journaled(
+            session=base.session, now=base.now, sleep=base.sleep, timeout=base.timeout,
+            journal=self.journals(key), replay=replay,
+        )  # fmt: skip
 
     async def _keep_fresh(self, key: CredentialKey) -> None:
         """The timer loop of one credential."""
@@ -439,3 +487,23 @@ def _holding_back(status: Status, now: float) -> bool:
 
 def _expires_in(credential: Credential, clock: Clock) -> str:
     return "never" if credential.expires_at is None else f"{credential.expires_at - clock.now():.0f}s"
+
+
+@dataclass
+class _Outcome:
+    unsaved: bool = False
+    """The upstream answered but the store refused the new tokens: the journal must survive."""
+
+
+@dataclass
+class _Journaled(ProviderContext):
+    """A refresh's context: each request goes through the journaling helper, or is the journaled answer."""
+
+    journal: Journal = field(kw_only=True)
+    replay: HttpResponse | None = field(default=None, kw_only=True)
+
+    def http(self, *, proxy: str | None = None, headers: Mapping[str, str] | None = None) -> HttpClient:
+        base = super().http(proxy=proxy, headers=headers)
+        if self.replay is not None:
+            return ReplayHttp(self.replay, base)
+        return JournaledHttp(self.journal, base)

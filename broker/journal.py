@@ -1,0 +1,207 @@
+"""Token requests whose answer outlives the daemon: journaled, sealed, before the daemon reads it.
+
+A rotating refresh token is spent the moment the upstream answers. If that answer died
+with the daemon, so would the login. So a refresh's requests go through a helper process
+(``python -m broker.redeem``) that the daemon's death does not stop: it sends the request,
+seals the answer into this credential's journal (AES-256-GCM, 0600, atomic), and only then
+hands it over. A restarted daemon finds the journal of a refresh it did not finish and
+replays the answer through the provider's own refresh code, as if it had just arrived.
+
+The journal's key is a broker secret in the store, so the journal is as private as the
+store; the journal's lock is held for the helper's whole life, so a restarted daemon
+never reads a journal, or redeems a refresh token, while a helper of the last run is at work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from broker.atomic import replace_atomically
+from broker.model import CredentialKey
+from flows.errors import TransportError
+from flows.http import HttpClient, HttpResponse
+
+SECRET_NAME = "refresh-journal-key"
+DIRECTORY = "journal"
+_AAD = b"broker-journal/v1"
+
+
+@dataclass(frozen=True)
+class Journal:
+    """Where one credential's refresh answer is journaled, and the key that seals it."""
+
+    path: Path
+    lock: Path
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, state_dir: Path, key: bytes, credential: CredentialKey) -> Journal:
+        name = hashlib.sha256("\0".join(credential).encode()).hexdigest()[:24]
+        directory = state_dir / DIRECTORY
+        return cls(directory / f"{name}.sealed", directory / f"{name}.lock", key)
+
+    def write(self, answer: Mapping[str, Any]) -> None:
+        """Seal ``answer`` (status, headers, text, url) durably (blocks: fsync)."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self.key).encrypt(nonce, json.dumps(answer).encode(), _AAD)
+        replace_atomically(self.path, base64.b64encode(nonce + sealed), 0o600)
+
+    def read(self) -> HttpResponse | None:
+        """The journaled answer; ``None`` when there is none or it cannot be opened."""
+        try:
+            raw = base64.b64decode(self.path.read_bytes(), validate=True)
+            answer = json.loads(AESGCM(self.key).decrypt(raw[:12], raw[12:], _AAD))
+            return HttpResponse(
+                status=int(answer["status"]), headers=dict(answer["headers"]), text=answer["text"], url=answer["url"]
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, InvalidTag):
+            return None
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[int]:
+        """The journal's lock (blocks until free); yields its descriptor, which a helper inherits."""
+        self.lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
+
+
+class JournaledHttp(HttpClient):
+    """An HttpClient whose POSTs the helper process sends, journaling each answer first.
+
+    Only a POST can redeem a grant; other requests of a refresh (discovery, Copilot's
+    token exchange) spend nothing and go out from the daemon itself.
+    """
+
+    def __init__(self, journal: Journal, base: HttpClient) -> None:
+        super().__init__(base.session, proxy=base.proxy, headers=base.headers, timeout=base.timeout)
+        self.journal = journal
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        form: str | Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        if method != "POST":
+            return await super().request(method, url, form=form, json_body=json_body, headers=headers)
+        order = {
+            "method": method,
+            "url": url,
+            "form": form if form is None or isinstance(form, str) else dict(form),
+            "json_body": None if json_body is None else dict(json_body),
+            "headers": {**self.headers, **(headers or {})},
+            "proxy": self.proxy,
+            "timeout": self.timeout,
+            "journal": str(self.journal.path),
+            "key": base64.b64encode(self.journal.key).decode(),
+        }
+        code, out = await _run_helper(json.dumps(order).encode(), self.journal)
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            journaled = await asyncio.to_thread(self.journal.read)  # it may have died after journaling
+            if journaled is not None:
+                return journaled
+            raise TransportError(
+                f"{url.split('?', 1)[0]}: the refresh helper ended without an answer (exit {code})"
+            ) from None
+        if "transport_error" in answer:
+            raise TransportError(answer["transport_error"], answer.get("status"), answer.get("retry_after"))
+        return HttpResponse(status=answer["status"], headers=answer["headers"], text=answer["text"], url=answer["url"])
+
+
+class ReplayHttp(HttpClient):
+    """Answers a refresh's POST with the journaled answer, once; other requests go out as usual."""
+
+    def __init__(self, answer: HttpResponse, base: HttpClient) -> None:
+        super().__init__(base.session, proxy=base.proxy, headers=base.headers, timeout=base.timeout)
+        self.answer: HttpResponse | None = answer
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        form: str | Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        if method != "POST":
+            return await super().request(method, url, form=form, json_body=json_body, headers=headers)
+        answer, self.answer = self.answer, None
+        if answer is None or answer.url != url.split("?", 1)[0]:
+            raise TransportError(f"{url.split('?', 1)[0]}: no journaled answer for this request")
+        return answer
+
+
+async def _run_helper(order: bytes, journal: Journal) -> tuple[int, bytes]:
+    """Run ``python -m broker.redeem`` on ``order``; its exit code and output.
+
+    The journal's lock is taken here and handed down (an inherited descriptor): the helper
+    holds it from before it exists until it exits, so a restarted daemon cannot read the
+    journal, or redeem a token, while the helper might still send one. The helper lives in
+    a session of its own, started and waited for by a daemon thread: a daemon that stops or
+    dies meanwhile neither kills it nor waits for it.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+
+    def run() -> None:
+        try:
+            with journal.locked() as lock:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "broker.redeem"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    pass_fds=(lock,),
+                )
+            out, _ = process.communicate(order)
+            result: tuple[int, bytes] | BaseException = (process.returncode, out)
+        except BaseException as exc:  # handed to the awaiting task, whatever it is
+            result = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(_settle, done, result)
+
+    threading.Thread(target=run, name="refresh helper", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future[tuple[int, bytes]], result: tuple[int, bytes] | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

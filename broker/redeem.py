@@ -1,0 +1,52 @@
+"""``python -m broker.redeem``: send one token request, journal its answer, then hand it over.
+
+The daemon runs this for each POST of a refresh (``broker.journal``). It reads its order
+as JSON on stdin (never argv: the order holds a refresh token and the journal key),
+inherits the journal's lock, held until it exits, and ignores SIGTERM/SIGINT/SIGHUP so that a
+stopping daemon cannot cut the one request short that may spend a refresh token. Its
+answer goes to stdout as JSON; nothing goes to stderr, so no token can leak there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from broker.journal import Journal
+from flows.errors import TransportError
+from flows.http import HttpClient, new_session
+
+
+async def send(order: dict[str, Any]) -> dict[str, Any]:
+    async with new_session() as session:
+        http = HttpClient(session, proxy=order["proxy"], headers=order["headers"], timeout=order["timeout"])
+        try:
+            response = await http.request(
+                order["method"], order["url"], form=order["form"], json_body=order["json_body"]
+            )
+        except TransportError as exc:
+            return {"transport_error": str(exc), "status": exc.status, "retry_after": exc.retry_after}
+    return {"status": response.status, "headers": dict(response.headers), "text": response.text, "url": response.url}
+
+
+def main() -> int:
+    for name in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(name, signal.SIG_IGN)
+    order = json.loads(sys.stdin.buffer.read())
+    path = Path(order["journal"])
+    journal = Journal(path, path.with_suffix(".lock"), base64.b64decode(order["key"]))
+    answer = asyncio.run(send(order))  # the journal's lock came with the process: it is held until exit
+    if "transport_error" not in answer:
+        journal.write(answer)
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
