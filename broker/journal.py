@@ -92,16 +92,15 @@ class Journal:
             os.close(fd)
 
 
-class JournaledHttp(HttpClient):
-    """An HttpClient whose POSTs the helper process sends, journaling each answer first.
+class _PostsElsewhere(HttpClient):
+    """An HttpClient of a refresh whose POSTs go elsewhere than the network.
 
     Only a POST can redeem a grant; other requests of a refresh (discovery, Copilot's
     token exchange) spend nothing and go out from the daemon itself.
     """
 
-    def __init__(self, journal: Journal, base: HttpClient) -> None:
+    def __init__(self, base: HttpClient) -> None:
         super().__init__(base.session, proxy=base.proxy, headers=base.headers, timeout=base.timeout)
-        self.journal = journal
 
     async def request(
         self,
@@ -114,8 +113,34 @@ class JournaledHttp(HttpClient):
     ) -> HttpResponse:
         if method != "POST":
             return await super().request(method, url, form=form, json_body=json_body, headers=headers)
+        return await self.post(url, form, json_body, headers)
+
+    async def post(
+        self,
+        url: str,
+        form: str | Mapping[str, str] | None,
+        json_body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+    ) -> HttpResponse:
+        raise NotImplementedError
+
+
+class JournaledHttp(_PostsElsewhere):
+    """POSTs sent by the helper process, which journals each answer first."""
+
+    def __init__(self, journal: Journal, base: HttpClient) -> None:
+        super().__init__(base)
+        self.journal = journal
+
+    async def post(
+        self,
+        url: str,
+        form: str | Mapping[str, str] | None,
+        json_body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+    ) -> HttpResponse:
         order = {
-            "method": method,
+            "method": "POST",
             "url": url,
             "form": form if form is None or isinstance(form, str) else dict(form),
             "json_body": None if json_body is None else dict(json_body),
@@ -140,24 +165,20 @@ class JournaledHttp(HttpClient):
         return HttpResponse(status=answer["status"], headers=answer["headers"], text=answer["text"], url=answer["url"])
 
 
-class ReplayHttp(HttpClient):
-    """Answers a refresh's POST with the journaled answer, once; other requests go out as usual."""
+class ReplayHttp(_PostsElsewhere):
+    """The journaled answer stands in for a refresh's POST, once."""
 
     def __init__(self, answer: HttpResponse, base: HttpClient) -> None:
-        super().__init__(base.session, proxy=base.proxy, headers=base.headers, timeout=base.timeout)
+        super().__init__(base)
         self.answer: HttpResponse | None = answer
 
-    async def request(
+    async def post(
         self,
-        method: str,
         url: str,
-        *,
-        form: str | Mapping[str, str] | None = None,
-        json_body: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
+        form: str | Mapping[str, str] | None,
+        json_body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
     ) -> HttpResponse:
-        if method != "POST":
-            return await super().request(method, url, form=form, json_body=json_body, headers=headers)
         answer, self.answer = self.answer, None
         if answer is None or answer.url != url.split("?", 1)[0]:
             raise TransportError(f"{url.split('?', 1)[0]}: no journaled answer for this request")
