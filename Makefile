@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup peers serve test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+## The real counterparts tests run against (pinned in tests/peers/); skipped without npm.
+PEERS := .peers/npm/.installed
+$(PEERS): tests/peers/npm.txt
+	@if command -v npm >/dev/null; then \
+		specs=$$(grep -v '^\s*\(#\|$$\)' tests/peers/npm.txt); \
+		if [ -n "$$specs" ]; then mkdir -p .peers/npm && \
+			npm install --silent --no-save --no-audit --no-fund --prefix .peers/npm $$specs || exit 1; fi; \
+		mkdir -p .peers/npm && touch $@; \
+	else echo "npm not installed: tests against real CLIs will be skipped"; fi
+
+peers: $(PEERS)
 
 ## Run the daemon in the foreground with defaults (no config file needed).
 serve: setup
@@ -24,7 +36,7 @@ lint: setup
 
 ## Lint, type-check, then the whole suite; keyring tests run on a real Secret Service
 ## when dbus and gnome-keyring are installed (CI requires them: BROKER_REQUIRE_KEYRING=1).
-test: lint
+test: lint peers
 	@if command -v dbus-run-session >/dev/null && command -v gnome-keyring-daemon >/dev/null; then \
 		runner=tests/run-with-keyring; else runner=; \
 		echo "dbus/gnome-keyring not installed: keyring tests will be skipped"; fi; \
@@ -35,4 +47,4 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .peers .pytest_cache .mypy_cache .ruff_cache *.egg-info
