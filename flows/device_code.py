@@ -8,12 +8,17 @@ longer), ``access_denied`` and ``expired_token`` end the flow. The whole wait is
 bounded by ``expires_in``. Transport faults while polling back off exponentially
 (§3.5) instead of ending the login.
 
+A client whose server expects another rhythm gives a ``PollPolicy`` (Qwen Code: first
+poll at once, then every 2 s, 1.5 times longer per ``slow_down`` up to 10 s, back to 2 s on a plain
+pending answer); the default is the RFC's.
+
 Optional PKCE on the device grant (Qwen) sends an S256 ``code_challenge`` with the
 authorization request and the ``code_verifier`` with every poll.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +36,32 @@ MAX_TRANSPORT_BACKOFF = 60.0
 
 
 @dataclass(frozen=True)
+class PollPolicy:
+    """When to poll the token endpoint; the defaults are RFC 8628 §3.5's."""
+
+    interval: float | None = None
+    """Seconds between polls; ``None``: the server's ``interval`` (5 s when it gives none)."""
+    slow_down_step: float = SLOW_DOWN_STEP
+    """Added to the interval on ``slow_down`` (after ``slow_down_factor``)."""
+    slow_down_factor: float = 1.0
+    max_interval: float = math.inf
+    reset_on_pending: bool = False
+    """A plain ``authorization_pending`` brings the interval back to where it started."""
+    first_poll_at_once: bool = False
+    """Poll as soon as the code is shown, and wait between polls only."""
+
+    def first(self, grant: DeviceAuthorization) -> float:
+        return grant.interval if self.interval is None else self.interval
+
+    def slowed(self, interval: float, asked: float | None) -> float:
+        """The interval after ``slow_down``; a server-driven policy also takes the server's new one."""
+        slower = interval * self.slow_down_factor + self.slow_down_step
+        if self.interval is None and asked:
+            slower = max(slower, asked)
+        return min(slower, self.max_interval)
+
+
+@dataclass(frozen=True)
 class DeviceClient:
     """Endpoints and client settings of one device-flow login."""
 
@@ -40,6 +71,9 @@ class DeviceClient:
     scopes: tuple[str, ...] = ()
     pkce: bool = False
     extra_params: Mapping[str, str] = field(default_factory=dict)
+    authorization_headers: Mapping[str, str] = field(default_factory=dict)
+    """Sent with the §3.1 request only, besides the client's own headers."""
+    poll: PollPolicy = field(default_factory=PollPolicy)
 
 
 @dataclass(frozen=True)
@@ -71,7 +105,10 @@ async def authorize(http: HttpClient, device: DeviceClient) -> DeviceAuthorizati
         form["code_challenge"] = create_s256_code_challenge(verifier)
         form["code_challenge_method"] = "S256"
     response = await http.request(
-        "POST", device.device_authorization_endpoint, form=form, headers=device.client.headers
+        "POST",
+        device.device_authorization_endpoint,
+        form=form,
+        headers={**device.client.headers, **device.authorization_headers},
     )
     if response.status >= 500 or response.status == 429:
         raise TransportError(f"{response.url} answered HTTP {response.status}", response.status)
@@ -102,20 +139,25 @@ async def poll(
 ) -> TokenSet:
     """§3.4-3.5: poll until the user decides or the code expires."""
     deadline = now() + grant.expires_in
-    interval = grant.interval
+    policy = device.poll
+    interval = start = policy.first(grant)
     transport_backoff = interval
     params = {"device_code": grant.device_code, "code_verifier": grant.code_verifier}
+    wait = not policy.first_poll_at_once
     while True:
         if now() >= deadline:
             raise OAuthError("expired_token", "the device code expired before the user approved it")
-        await sleep(min(interval, max(0.0, deadline - now())))
+        if wait:
+            await sleep(min(interval, max(0.0, deadline - now())))
+        wait = True
         try:
             return await request_token(http, device.token_endpoint, device.client, GRANT_TYPE, params, now=now())
         except OAuthError as exc:
             if exc.error == "authorization_pending":
+                interval = start if policy.reset_on_pending else interval
                 continue
             if exc.error == "slow_down":
-                interval = max(interval + SLOW_DOWN_STEP, exc.interval or 0.0)
+                interval = policy.slowed(interval, exc.interval)
                 continue
             raise
         except TransportError as exc:

@@ -4,7 +4,7 @@ Request bodies come from authlib's ``prepare_token_request`` and client
 authentication from authlib's ``encode_client_secret_*``; what is left here is the
 transport and the reading of the answer, including servers (GitHub) that report
 errors with HTTP 200, servers (Codex) that want a JSON body and answer errors as
-objects, and ``slow_down`` sent with HTTP 429 (Qwen).
+objects or as a top-level ``code``, and ``slow_down`` sent with HTTP 429 (Qwen).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def parse_token_response(response: HttpResponse, *, now: float) -> TokenSet:
         )
     data = response.json_object()
     error = data.get("error")
+    if not error and response.status >= 400 and isinstance(data.get("code"), str):
+        error = data["code"]  # OpenAI also answers {"code": "refresh_token_reused"} at the top level
     if error:
         description = data.get("error_description")
         if isinstance(error, dict):  # OpenAI: {"error": {"code", "message", "type"}}
