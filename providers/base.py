@@ -14,6 +14,7 @@ from broker.model import Credential
 from flows.http import DEFAULT_TIMEOUT, HttpClient
 from flows.pkce import PkceLogin
 from providers.files import FollowedFile
+from providers.wire import Wire
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 """Sends one login event (``verify``, ``open``, ...) to whoever started the login."""
@@ -90,6 +91,8 @@ class Provider(abc.ABC):
     secret_env: str | None = None
     """An environment variable the CLI may read that secret from (e.g. ``GITLAB_TOKEN``)."""
     follow: FollowSettings = FollowSettings()
+    wire: Wire | None = None
+    """A built-in's official-client facts (``providers.wire``); its ``headers`` are served with every token."""
 
     def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
         """The CLI files this provider can follow, at their effective paths; none by default."""
@@ -121,7 +124,7 @@ class Provider(abc.ABC):
         return {
             "base_url": credential.base_url or self.base_url,
             "api": credential.api or self.api,
-            "headers": dict(credential.headers),
+            "headers": {**credential.headers, **((self.wire.headers or {}) if self.wire else {})},
             "auth": self.auth,
         }
 
@@ -137,4 +140,5 @@ class Provider(abc.ABC):
             "login": f"broker login {self.name}",
             "secret_prompt": self.secret_prompt,
             "secret_env": self.secret_env,
+            **(self.wire.describe() if self.wire else {}),
         }

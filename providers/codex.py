@@ -5,6 +5,15 @@ then 1457) that OpenAI has registered, with ``localhost`` in the redirect URI; a
 device login of its own (``codex_device``); refresh as a JSON body with single-use
 refresh tokens; and the account id from the id_token's claims, which the Codex
 backend wants as the ``ChatGPT-Account-ID`` header.
+
+The wire facts are the official client's (openai/codex ``codex-rs``, release 0.171.0):
+the authorize URL of ``login/src/server.rs`` (``build_authorize_url``), the identifying
+headers of ``login/src/auth/default_client.rs`` (``default_headers``), which go on the
+refresh (``login/src/auth/manager.rs``, ``request_chatgpt_token_refresh``) and on every
+API call together with the ``version`` header of ``model-provider-info/src/lib.rs``
+(``create_openai_provider``). The code exchange and the device login use a plain client
+without those headers (``server.rs`` ``exchange_code_for_tokens``,
+``device_code_auth.rs``), as broker does.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from broker.errors import BadRequest, LoginFailed
 from broker.model import Credential
 from broker.upstream_errors import DEAD_GRANT
 from flows import refresh
-from flows.errors import FlowError, OAuthError
+from flows.errors import FlowError, OAuthError, TransportError
 from flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
 from flows.token import OAuthClient, TokenSet
 from providers import codex_device, codex_file
@@ -26,13 +35,34 @@ from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.endpoints import endpoints_from
 from providers.files import FollowedFile
 from providers.jwt_claims import account_name, claims
+from providers.wire import Wire
 
 NAME = "codex"
 DESCRIPTION = "ChatGPT subscription for Codex (sign in with ChatGPT)"
 API = "openai-responses"
 BASE_URL = "https://chatgpt.com/backend-api/codex"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
-SCOPES = ("openid", "profile", "email", "offline_access")
+SCOPES = ("openid", "profile", "email", "offline_access", "api.connectors.read", "api.connectors.invoke")
+"""``server.rs`` ``build_authorize_url``."""
+ORIGINATOR = "codex_cli_rs"
+"""``default_client.rs`` ``DEFAULT_ORIGINATOR``; auth.openai.com checks it against the client id's allow-list."""
+USER_AGENT = ORIGINATOR + "/{codex} ({os} {os_version}; {arch}) unknown"
+"""``default_client.rs`` ``get_codex_user_agent``: originator/version (os_info type and version; arch), then
+the terminal (``terminal-detection``), ``unknown`` where there is none, as for a daemon."""
+IDENTITY = {"originator": ORIGINATOR, "User-Agent": USER_AGENT}
+"""``default_client.rs`` ``default_headers``: on the refresh and on every API call."""
+WIRE = Wire(
+    client_id=CLIENT_ID,
+    scopes=SCOPES,
+    authorize_params={
+        "id_token_add_organizations": "true",
+        "codex_cli_simplified_flow": "true",
+        "originator": ORIGINATOR,
+    },
+    headers={**IDENTITY, "version": "{codex}"},  # version: model-provider-info create_openai_provider
+    token_headers=IDENTITY,
+    versions={"codex": "0.171.0"},
+)
 ENDPOINTS = {
     "authorize": "https://auth.openai.com/oauth/authorize",
     "token": "https://auth.openai.com/oauth/token",
@@ -46,14 +76,14 @@ REDIRECT_PORT = 1455
 FALLBACK_REDIRECT_PORT = 1457
 """The only two ports OpenAI accepts in this client's redirect URI."""
 REDIRECT_PATH = "/auth/callback"
-AUTHORIZE_PARAMS = {"id_token_add_organizations": "true", "codex_cli_simplified_flow": "true"}
 AUTH_CLAIM = "https://api.openai.com/auth"
 PROFILE_CLAIM = "https://api.openai.com/profile"
 ACCOUNT_ID_CLAIM = "chatgpt_account_id"
 ACCOUNT_HEADER = "ChatGPT-Account-ID"
 DEAD_REFRESH_CODES = frozenset({"refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated"})
-"""OpenAI's codes for a refresh token that will never work again (Codex also treats any 401 so)."""
-CONFIG_KEYS = ("endpoints", "client_id", "redirect_port", "fallback_redirect_port", "base_url", "proxy", "description")
+"""OpenAI's codes for a refresh token that will never work again, compared without case; any 401 is
+dead too (``manager.rs``, ``classify_refresh_token_failure``)."""
+CONFIG_KEYS = ("endpoints", "redirect_port", "fallback_redirect_port", "base_url", "proxy", "description", *WIRE.keys)
 
 
 @dataclass
@@ -63,7 +93,7 @@ class CodexProvider(Provider):
     base_url: str | None = BASE_URL
     flows: tuple[str, ...] = FLOWS
     endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    client_id: str = CLIENT_ID
+    wire: Wire = WIRE
     redirect_ports: tuple[int, ...] = (REDIRECT_PORT, FALLBACK_REDIRECT_PORT)
     proxy: str | None = None
     description: str = DESCRIPTION
@@ -77,21 +107,25 @@ class CodexProvider(Provider):
             name=name,
             base_url=section.url("base_url", BASE_URL),
             endpoints=endpoints_from(section, ENDPOINTS),
-            client_id=section.str("client_id", CLIENT_ID),
+            wire=WIRE.configured(section),
             redirect_ports=(first,) if first == second else (first, second),
             proxy=section.optional_str("proxy"),
             description=section.str("description", DESCRIPTION),
         )
 
     @property
+    def client_id(self) -> str:
+        return self.wire.client_id or CLIENT_ID
+
+    @property
     def form_client(self) -> OAuthClient:
-        """Code exchanges are form-encoded."""
+        """Code exchanges are form-encoded, from a client without Codex's identifying headers."""
         return OAuthClient(client_id=self.client_id)
 
     @property
     def json_client(self) -> OAuthClient:
-        """Refreshes are a JSON body."""
-        return OAuthClient(client_id=self.client_id, json_body=True)
+        """Refreshes are a JSON body, sent with Codex's identifying headers."""
+        return OAuthClient(client_id=self.client_id, json_body=True, headers=dict(self.wire.token_headers or {}))
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         flow = request.flow or self.flows[0]
@@ -138,11 +172,11 @@ class CodexProvider(Provider):
             authorization_endpoint=self.endpoints["authorize"],
             token_endpoint=self.endpoints["token"],
             client=self.form_client,
-            scopes=SCOPES,
+            scopes=self.wire.scopes or (),
             redirect_host=REDIRECT_HOST,
             redirect_port=port,
             redirect_path=REDIRECT_PATH,
-            extra_params=AUTHORIZE_PARAMS,
+            extra_params=dict(self.wire.authorize_params or {}),
         )
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
@@ -156,6 +190,10 @@ class CodexProvider(Provider):
             )
         except OAuthError as exc:
             raise _as_dead_grant(exc) from None
+        except TransportError as exc:
+            if exc.status == 401:  # Codex: any 401, whatever its body, ends the login
+                raise OAuthError("invalid_grant", str(exc), 401) from None
+            raise
         return self._credential(credential.account, tokens, source=credential.source, previous=credential)
 
     def can_refresh(self, credential: Credential) -> bool:
@@ -177,13 +215,16 @@ class CodexProvider(Provider):
             ),
         )
 
+    def served(self, credential: Credential) -> Mapping[str, Any]:
+        """A ChatGPT login speaks as Codex; a plain API key from ``auth.json`` is served as it is."""
+        served = super().served(credential)
+        return {**served, "headers": dict(credential.headers)} if credential.api == codex_file.API_KEY_API else served
+
     def describe(self) -> dict[str, Any]:
         redirects = [f"http://{REDIRECT_HOST}:{port}{REDIRECT_PATH}" for port in self.redirect_ports]
         return {
             **super().describe(),
             "endpoints": dict(self.endpoints),
-            "client_id": self.client_id,
-            "scopes": list(SCOPES),
             "redirect_uris": redirects,
             "note": codex_file.KEYRING_NOTE,
         }
@@ -266,6 +307,6 @@ def _as_dead_grant(exc: OAuthError) -> OAuthError:
     """OpenAI's dead-refresh codes (and any 401) as the ``invalid_grant`` the refresher knows."""
     if exc.error in DEAD_GRANT or exc.error == "invalid_client":
         return exc
-    if exc.error not in DEAD_REFRESH_CODES and exc.status != 401:
+    if exc.error.lower() not in DEAD_REFRESH_CODES and exc.status != 401:
         return exc
     return OAuthError("invalid_grant", str(exc), exc.status)

@@ -216,7 +216,13 @@ async def race(
     return tally
 
 
-def post(url: str, *, form: dict[str, str] | None = None, json_body: dict[str, Any] | None = None) -> Any:
+def post(
+    url: str,
+    *,
+    form: dict[str, str] | None = None,
+    json_body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """A CLI's own request to an upstream fake (not broker's): the decoded JSON answer.
 
     HTTP errors are raised: a simulated CLI that gets one has done something wrong.
@@ -228,7 +234,12 @@ def post(url: str, *, form: dict[str, str] | None = None, json_body: dict[str, A
     request = urllib.request.Request(
         url,
         data=data,
-        headers={"Content-Type": content_type, "Accept": "application/json", "User-Agent": "SimulatedCli/1.0"},
+        headers={
+            "Content-Type": content_type,
+            "Accept": "application/json",
+            "User-Agent": "SimulatedCli/1.0",
+            **(headers or {}),
+        },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())

@@ -20,7 +20,7 @@ from broker.errors import BrokerError
 from providers.codex import CLIENT_ID
 from providers.codex_file import rfc3339
 from providers.jwt_claims import claims
-from tests.fakes.openai_auth import ALICE, FakeOpenAIAuth
+from tests.fakes.openai_auth import ALICE, CODEX_CLI_HEADERS, FakeOpenAIAuth, codex_served_headers
 from tests.followed_harness import InProcess, RaceSide, SimulatedCli, post, race, start_daemon
 
 KEY = ("codex", "codex-cli")
@@ -113,7 +113,7 @@ async def test_codex_login_in_the_file_is_served_with_its_account_header(broker:
     token = await broker.token("codex")
     assert token["access_token"] == doc["tokens"]["access_token"]
     assert token["account"] == "codex-cli" and token["source"] == str(auth_path(broker))
-    assert token["headers"] == {"ChatGPT-Account-ID": ALICE.account_id}
+    assert token["headers"] == codex_served_headers(ALICE.account_id)
     assert token["api"] == "openai-responses" and token["base_url"] == "https://chatgpt.com/backend-api/codex"
     assert token["expires_at"] == claims(doc["tokens"]["access_token"])["exp"]
 
@@ -255,6 +255,7 @@ class SimulatedCodex(SimulatedCli):
                 "grant_type": "refresh_token",
                 "refresh_token": doc["tokens"]["refresh_token"],
             },
+            headers=CODEX_CLI_HEADERS,
         )
         doc["tokens"].update({k: answer[k] for k in ("id_token", "access_token", "refresh_token")})
         doc["last_refresh"] = rfc3339(self.broker.clock.now())

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -24,7 +25,15 @@ from providers.codex import CLIENT_ID
 from providers.jwt_claims import claims
 from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
-from tests.fakes.openai_auth import BOB, INVALIDATED, FakeOpenAIAuth
+from tests.fakes.llm_upstream import CLOUDFLARE_PAGE, FakeLLM
+from tests.fakes.openai_auth import (
+    BOB,
+    CODEX_CLI_HEADERS,
+    ERROR_SHAPES,
+    INVALIDATED,
+    FakeOpenAIAuth,
+    codex_served_headers,
+)
 
 
 def free_port() -> int:
@@ -119,11 +128,16 @@ def test_browser_sign_in_asks_openai_for_codex_parameters_with_a_localhost_redir
     query = {key: values[0] for key, values in parse_qs(urlsplit(opened["url"]).query).items()}
     assert query["response_type"] == "code"
     assert query["client_id"] == CLIENT_ID == "app_EMoamEEZ73f0CkXaXp7hrann"
-    assert query["scope"] == "openid profile email offline_access"
+    assert query["scope"] == "openid profile email offline_access api.connectors.read api.connectors.invoke"
     assert query["id_token_add_organizations"] == "true"
     assert query["codex_cli_simplified_flow"] == "true"
+    assert query["originator"] == "codex_cli_rs"
     assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
     assert query["redirect_uri"] == f"http://localhost:{ports[0]}/auth/callback"
+    assert set(query) == {
+        "response_type", "client_id", "redirect_uri", "scope", "code_challenge", "code_challenge_method",
+        "id_token_add_organizations", "codex_cli_simplified_flow", "state", "originator",
+    }, "server.rs build_authorize_url, field for field"  # fmt: skip
 
 
 def test_browser_sign_in_serves_the_token_with_the_account_header_and_jwt_expiry(
@@ -135,7 +149,7 @@ def test_browser_sign_in_serves_the_token_with_the_account_header_and_jwt_expiry
     assert openai.valid_access_token(token["access_token"])
     assert token["api"] == "openai-responses"
     assert token["base_url"] == "https://chatgpt.com/backend-api/codex"
-    assert token["headers"] == {"ChatGPT-Account-ID": "acct-alice-0001"}
+    assert token["headers"] == codex_served_headers("acct-alice-0001")
     assert token["expires_at"] == claims(token["access_token"])["exp"]
     exchange = [(kind, body) for method, path, kind, body in openai.requests if path == "/oauth/token"][-1]
     assert exchange[0] == "application/x-www-form-urlencoded"
@@ -191,7 +205,7 @@ def test_device_login_shows_openai_code_page_and_redeems_the_server_made_verifie
     exchange = [r for r in openai.requests if r[1] == "/oauth/token"][-1]
     assert exchange[2] == "application/x-www-form-urlencoded"
     assert exchange[3]["redirect_uri"] == f"{openai.url}/deviceauth/callback"
-    assert token_json(codex)["headers"] == {"ChatGPT-Account-ID": "acct-alice-0001"}
+    assert token_json(codex)["headers"] == codex_served_headers("acct-alice-0001")
 
 
 def test_disabled_device_login_suggests_the_browser_sign_in(codex: DaemonProcess, openai: FakeOpenAIAuth):
@@ -210,13 +224,16 @@ def test_refresh_sends_json_rotates_and_persists_the_new_refresh_token(codex: Da
     first_refresh = openai.newest_refresh_token(openai.user)
     assert codex.cli("refresh", "codex").returncode == 0
 
-    refresh = [r for r in openai.requests if r[1] == "/oauth/token"][-1]
+    index, refresh = [(i, r) for i, r in enumerate(openai.requests) if r[1] == "/oauth/token"][-1]
     assert refresh[2] == "application/json"
     assert refresh[3] == {"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": first_refresh}
+    sent = openai.request_headers[index]
+    served = codex_served_headers("acct-alice-0001")
+    assert (sent["Originator"], sent["User-Agent"]) == (served["originator"], served["User-Agent"])
     assert openai.refresh_token_state(first_refresh) == "used"
     after = token_json(codex)
     assert after["access_token"] != before["access_token"] and openai.valid_access_token(after["access_token"])
-    assert after["headers"] == {"ChatGPT-Account-ID": "acct-alice-0001"}
+    assert after["headers"] == codex_served_headers("acct-alice-0001")
 
     codex.restart()
     assert token_json(codex)["access_token"] == after["access_token"]
@@ -232,6 +249,8 @@ REUSE_ANSWERS = {
     ),
     "400 invalid_grant": (400, {"error": "invalid_grant", "error_description": "Refresh token already used"}),
     "401 refresh_token_invalidated": INVALIDATED,
+    "401 with a page, no JSON": (401, "<html><body>Unauthorized</body></html>"),
+    "401 unknown code": (401, {"error": {"message": "?", "code": "something_new"}}),
 }
 
 
@@ -263,9 +282,9 @@ def test_two_accounts_side_by_side_the_first_is_the_default(codex: DaemonProcess
 
     default = token_json(codex)
     assert (first, default["account"]) == ("alice@example.com", "alice@example.com")
-    assert default["headers"] == {"ChatGPT-Account-ID": "acct-alice-0001"}
+    assert default["headers"] == codex_served_headers("acct-alice-0001")
     work = codex.request("GET", "/v1/token/codex?account=work")
-    assert work["headers"] == {"ChatGPT-Account-ID": "acct-bob-0002"}
+    assert work["headers"] == codex_served_headers("acct-bob-0002")
     assert work["access_token"] != default["access_token"] and openai.valid_access_token(work["access_token"])
     assert token_json(codex, "--account", "alice@example.com")["access_token"] == default["access_token"]
 
@@ -321,3 +340,111 @@ async def test_device_login_gives_up_after_fifteen_minutes(short_tmp: Path):
     assert "expired" in error["message"]
     assert clock.now() - start == pytest.approx(900, abs=5)
     assert set(clock.jumped) == {5.0}, "polls honour OpenAI's interval (a string, '5')"
+
+
+# --- what the strict fakes refuse, and that broker is not refused --------------------------------
+
+
+def raw(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """One request as some other client would send it: the status and the body."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.parametrize("originator", [None, "someone_else"])
+def test_the_fake_refuses_an_authorize_url_without_codexs_originator(
+    openai: FakeOpenAIAuth, ports: tuple[int, int], originator: str | None
+):
+    query = {
+        "response_type": "code",
+        "client_id": CLIENT_ID,
+        "redirect_uri": f"http://localhost:{ports[0]}/auth/callback",
+        "scope": "openid",
+        "code_challenge": "x" * 43,
+        "code_challenge_method": "S256",
+        "state": "s",
+    }
+    if originator:
+        query["originator"] = originator
+    status, body = raw(f"{openai.url}/oauth/authorize?{urllib.parse.urlencode(query)}")
+    assert status == 400 and json.loads(body)["error"]["code"] == "missing_required_parameter"
+
+
+def test_the_fake_refuses_a_refresh_in_form_encoding(openai: FakeOpenAIAuth):
+    form = urllib.parse.urlencode({"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": "rt_x"})
+    status, body = raw(f"{openai.url}/oauth/token", data=form.encode(), headers=dict(CODEX_CLI_HEADERS))
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("missing", ["originator", "User-Agent"])
+def test_the_fake_refuses_a_refresh_without_codexs_identity(openai: FakeOpenAIAuth, missing: str):
+    body = json.dumps({"client_id": CLIENT_ID, "grant_type": "refresh_token", "refresh_token": "rt_x"}).encode()
+    headers = {"Content-Type": "application/json", **CODEX_CLI_HEADERS}
+    headers[missing] = "python-urllib/3" if missing == "User-Agent" else ""
+    assert raw(f"{openai.url}/oauth/token", data=body, headers=headers) == (403, CLOUDFLARE_PAGE)
+
+
+@pytest.mark.parametrize("shape", ERROR_SHAPES)
+def test_every_error_shape_codex_reads_ends_a_reused_login(codex: DaemonProcess, openai: FakeOpenAIAuth, shape: str):
+    """manager.rs reads {"error": {"code"}}, {"error": "..."} and a top-level {"code"}: so does broker."""
+    openai.error_shape = shape
+    browser_login(codex)
+    openai.redeem(openai.newest_refresh_token(openai.user))
+    result = codex.cli("refresh", "codex")
+    assert result.returncode == 3 and "login_required" in result.stderr, result.stderr
+
+
+def test_api_calls_with_the_served_headers_pass_and_without_any_of_them_are_refused(
+    codex: DaemonProcess, openai: FakeOpenAIAuth
+):
+    browser_login(codex)
+    token = token_json(codex)
+    with FakeLLM(style="codex", prefix="/backend-api/codex", key=openai.valid_access_token) as backend:
+
+        def call(headers: dict[str, str]) -> int:
+            body = json.dumps({"model": "gpt-5-codex", "input": "hi", "stream": False}).encode()
+            auth = {"Authorization": f"Bearer {token['access_token']}", "Content-Type": "application/json"}
+            return raw(f"{backend.url}/backend-api/codex/responses", data=body, headers={**headers, **auth})[0]
+
+        assert call(token["headers"]) == 200
+        for name, refused in {"originator": 403, "User-Agent": 403, "version": 400}.items():
+            without = {k: v for k, v in token["headers"].items() if k != name}
+            assert call({**without, "User-Agent": "Python-urllib/3.11"} if name == "User-Agent" else without) == refused
+
+
+def test_config_corrects_codexs_wire_facts_and_providers_json_shows_them(
+    daemon: DaemonProcess, openai: FakeOpenAIAuth, ports: tuple[int, int]
+):
+    daemon.write_config(
+        codex_config(openai, ports)
+        + '[providers.codex.versions]\ncodex = "0.200.1"\n'
+        + '[providers.codex.authorize_params]\noriginator = "codex_vscode"\ncodex_cli_simplified_flow = ""\n'
+        + '[providers.codex.headers]\noriginator = "codex_vscode"\n'
+        + '[providers.codex.token_headers]\noriginator = "codex_vscode"\nUser-Agent = "codex_vscode/{codex}"\n'
+    )
+    daemon.start()
+    listed = {p["name"]: p for p in json.loads(daemon.cli("providers", "--json").stdout)}["codex"]
+    assert listed["versions"] == {"codex": "0.200.1"}
+    assert listed["authorize_params"] == {"id_token_add_organizations": "true", "originator": "codex_vscode"}
+    assert listed["token_headers"] == {"originator": "codex_vscode", "User-Agent": "codex_vscode/0.200.1"}
+    assert listed["headers"]["version"] == "0.200.1" and listed["headers"]["originator"] == "codex_vscode"
+    assert listed["client_id"] == CLIENT_ID and "api.connectors.read" in listed["scopes"]
+
+    opened, _ = browser_login(daemon)
+    query = {key: values[0] for key, values in parse_qs(urlsplit(opened["url"]).query).items()}
+    assert query["originator"] == "codex_vscode" and "codex_cli_simplified_flow" not in query
+    assert daemon.cli("refresh", "codex").returncode == 0, "the fake takes codex_vscode, a first-party originator"
+    assert token_json(daemon)["headers"]["version"] == "0.200.1"
+
+
+def test_a_placeholder_that_names_nothing_stops_the_daemon_naming_the_key(daemon: DaemonProcess):
+    daemon.write_config('[providers.codex.headers]\nUser-Agent = "codex_cli_rs/{codx}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve"], env=daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 78
+    assert "providers.codex.headers.User-Agent: names {codx}" in result.stderr and "{codex}" in result.stderr

@@ -12,6 +12,12 @@ Written from the APIs' public references and providers.md:
 - Azure: the OpenAI paths under ``/openai/deployments/{deployment}`` with the ``api-key``
   header and the ``api-version`` query parameter; errors are ``{"error": {"code", "message"}}``.
 - No auth (Ollama, vLLM): any or no key is accepted.
+- Codex (ChatGPT's backend, ``style="codex"``): ``POST {prefix}/responses`` with a bearer
+  token. As reported from server IPs, a request without Codex's ``originator`` (one of
+  OpenAI's first-party names) and a ``User-Agent`` that starts ``<originator>/`` gets
+  Cloudflare's 403 challenge page; without the ``version`` header Codex sends
+  (``model-provider-info``), 400 ``{"detail": "Unsupported model"}``, as some models are
+  reported to resolve only with it.
 
 It is an aiohttp server on 127.0.0.1 in its own thread, with handler cancellation on,
 so a client that hangs up mid-stream is observed (``disconnected``) rather than
@@ -32,6 +38,9 @@ from typing import Any, Self
 from aiohttp import web
 from multidict import CIMultiDict
 
+CODEX_ORIGINATORS = frozenset({"codex_cli_rs", "codex_vscode", "codex-tui"})
+"""``default_client.rs`` ``is_first_party_originator``."""
+CLOUDFLARE_PAGE = "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>cf challenge</body></html>"
 GATE_TIMEOUT = 10.0
 """A gate left closed this long opens by itself (and is counted), so a broken test fails instead of hanging."""
 
@@ -49,7 +58,7 @@ class Seen:
 @dataclass
 class FakeLLM:
     style: str = "openai"
-    """``openai``, ``anthropic``, ``azure`` or ``none`` (no auth, like Ollama)."""
+    """``openai``, ``anthropic``, ``azure``, ``codex`` or ``none`` (no auth, like Ollama)."""
     key: str | Callable[[str], bool] = "sk-test-key"
     """The accepted key, or a predicate for keys that change (Copilot tokens)."""
     prefix: str = "/v1"
@@ -153,6 +162,8 @@ class FakeLLM:
             return web.json_response(self._completion(body))
         if request.method == "POST" and path == "/v1/messages" and self.style == "anthropic":
             return web.json_response(self._message(body))
+        if request.method == "POST" and path == "/responses" and self.style == "codex":
+            return web.json_response(self._response(body))
         return self._error(404, "not_found", f"Invalid URL ({request.method} {request.path})")
 
     def _refuse(self, request: web.Request) -> web.Response | None:
@@ -165,6 +176,13 @@ class FakeLLM:
             presented = request.headers.get("x-api-key") or _bearer(request)
         else:
             presented = _bearer(request)
+        if self.style == "codex":
+            originator = request.headers.get("originator", "")
+            agent = request.headers.get("User-Agent", "")
+            if originator not in CODEX_ORIGINATORS or not agent.startswith(originator + "/"):
+                return web.Response(status=403, text=CLOUDFLARE_PAGE, content_type="text/html")
+            if not request.headers.get("version"):
+                return web.json_response({"detail": "Unsupported model"}, status=400)
         if self.style != "none" and not self._accepts(presented):
             return self._error(401, "invalid_api_key", "Incorrect API key provided")
         for name, value in self.required_headers.items():
@@ -202,6 +220,12 @@ class FakeLLM:
             ],
             "usage": {"prompt_tokens": 1, "completion_tokens": len(self.chunks), "total_tokens": 1 + len(self.chunks)},
         }
+
+    def _response(self, body: Any) -> dict[str, Any]:
+        model = body.get("model", "fake-model") if isinstance(body, dict) else "fake-model"
+        text = {"type": "output_text", "text": "".join(self.chunks), "annotations": []}
+        message = {"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed", "content": [text]}
+        return {"id": "resp_fake", "object": "response", "status": "completed", "model": model, "output": [message]}
 
     def _message(self, body: Any) -> dict[str, Any]:
         model = body.get("model", "fake-model") if isinstance(body, dict) else "fake-model"

@@ -1,19 +1,28 @@
 """A fake of OpenAI's sign-in server (auth.openai.com) as Codex meets it, on loopback.
 
-Written from ../shared/providers.md (codex), providers-reference.md §2 and RFC 6749/7636:
+Written from ../shared/providers.md (codex), providers-reference.md §2, RFC 6749/7636 and
+the official client (openai/codex ``codex-rs/login``: ``server.rs``, ``auth/manager.rs``,
+``auth/default_client.rs``); it refuses what the real service refuses or is reported to:
 
 - ``GET /oauth/authorize`` (RFC 6749 §4.1.1, RFC 7636 §4.3): ``response_type=code``, the
   client id, a redirect URI on the allow-list (``http://localhost:PORT/auth/callback`` for the
-  registered ports only; anything else is a 400 page, never a redirect), an S256 challenge and
-  ``state``. The signed-in ``user`` approves: 302 to the redirect URI with ``code`` and
-  ``state``; with ``deny_authorizations``, ``error=access_denied`` and ``state``.
+  registered ports only; anything else is a 400 page, never a redirect), an S256 challenge,
+  ``state``, and an ``originator`` on the client's allow-list (a missing or unlisted one is
+  a 400 ``missing_required_parameter`` page, as auth.openai.com is reported to answer). The
+  signed-in ``user`` approves: 302 to the redirect URI with ``code`` and ``state``; with
+  ``deny_authorizations``, ``error=access_denied`` and ``state``.
 - ``POST /oauth/token``:
   - ``authorization_code`` (form-encoded): single-use code, same redirect URI, same client,
     ``code_verifier`` whose S256 is the challenge; errors are RFC 6749 §5.2 (``invalid_grant``).
-  - ``refresh_token`` (JSON, as Codex sends it): refresh tokens are single-use. Redeeming one
-    returns a new id, access and refresh token; redeeming a used one gets ``reuse_answer``
-    (by default HTTP 401 ``{"error": {"code": "refresh_token_reused", ...}}``, OpenAI's shape)
-    and revokes the whole chain: its newest token then gets ``refresh_token_invalidated``.
+  - ``refresh_token``: JSON only (a form body is a 400), sent with Codex's identifying headers
+    (``originator`` on the allow-list and a ``User-Agent`` starting ``<originator>/``;
+    without them Cloudflare's 403 page, as reported from server IPs). Refresh tokens are
+    single-use. Redeeming one returns a new id, access and refresh token; redeeming a used
+    one gets ``reuse_answer`` (by default HTTP 401 ``{"error": {"code":
+    "refresh_token_reused", ...}}``) and revokes the whole chain: its newest token then gets
+    ``refresh_token_invalidated``. ``error_shape`` picks which of the three shapes Codex reads
+    every refresh error comes in: ``object`` ``{"error": {"code"}}``, ``string`` ``{"error":
+    "..."}`` or ``code`` (a top-level ``{"code": ...}``).
   - The answer has ``id_token``, ``access_token``, ``refresh_token`` and no ``expires_in``
     unless ``send_expires_in``: the expiry is the access token's ``exp``.
 - Device login (not RFC 8628): ``POST /api/accounts/deviceauth/usercode`` JSON ``{client_id}``
@@ -44,7 +53,21 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from werkzeug.wrappers import Request, Response
 
 from providers.codex import CLIENT_ID
+from providers.wire import platform_facts
+from tests.fakes.llm_upstream import CLOUDFLARE_PAGE, CODEX_ORIGINATORS
 from tests.fakes.loopback import LoopbackServer
+
+ERROR_SHAPES = ("object", "string", "code")
+CODEX_CLI_HEADERS = {"originator": "codex_cli_rs", "User-Agent": "codex_cli_rs/0.171.0 (Ubuntu 24.4.0; x86_64) xterm"}
+"""What a Codex CLI in a terminal sends on its refresh (``default_client.rs``), for simulated CLIs."""
+
+
+def codex_served_headers(account_id: str) -> dict[str, str]:
+    """What broker must serve for Codex API calls: the CLI's identity, its version and the account."""
+    facts = platform_facts()
+    agent = f"codex_cli_rs/0.171.0 ({facts['os']} {facts['os_version']}; {facts['arch']}) unknown"
+    return {"ChatGPT-Account-ID": account_id, "originator": "codex_cli_rs", "User-Agent": agent, "version": "0.171.0"}
+
 
 REUSED = (
     401,
@@ -125,9 +148,13 @@ class FakeOpenAIAuth(LoopbackServer):
         self.user = ALICE
         self.deny_authorizations = False
         self.device_login_enabled = True
-        self.reuse_answer: tuple[int, dict[str, Any]] = REUSED
+        self.reuse_answer: tuple[int, dict[str, Any] | str] = REUSED
+        """A str is sent as an HTML page (a proxy's or a firewall's)."""
+        self.error_shape = "object"
         self.requests: list[tuple[str, str, str, dict[str, Any]]] = []
         """(method, path, content type, body or query) of every request."""
+        self.request_headers: list[dict[str, str]] = []
+        """The headers of every request, in the same order."""
         self.grant_counts: Counter[str] = Counter()
         self._key = secrets.token_bytes(32)
         self._codes: dict[str, _Code] = {}
@@ -236,6 +263,7 @@ class FakeOpenAIAuth(LoopbackServer):
         else:
             body = request.args.to_dict()
         self.requests.append((request.method, request.path, request.mimetype, body))
+        self.request_headers.append(dict(request.headers))
         route = (request.method, request.path)
         if route == ("GET", "/oauth/authorize"):
             return self._authorize(body)
@@ -254,6 +282,8 @@ class FakeOpenAIAuth(LoopbackServer):
         allowed = {f"http://localhost:{port}/auth/callback" for port in self.redirect_ports}
         if query.get("client_id") != self.client_id:
             return Response("unknown client", status=400, mimetype="text/plain")
+        if query.get("originator") not in CODEX_ORIGINATORS:
+            return _json(400, _error_object("missing_required_parameter", "Missing required parameter: 'originator'."))
         if redirect_uri not in allowed:
             return Response("redirect_uri is not registered for this client", status=400, mimetype="text/plain")
         state = query.get("state", "")
@@ -281,8 +311,15 @@ class FakeOpenAIAuth(LoopbackServer):
                 return _json(400, {"error": "invalid_request", "error_description": "form-encoded body expected"})
             return self._code_grant(body)
         if grant == "refresh_token":
+            if request.mimetype != "application/json":
+                return _json(400, _error_object("invalid_request", "The refresh request must be JSON."))
+            originator = request.headers.get("originator", "")
+            if originator not in CODEX_ORIGINATORS or not request.user_agent.string.startswith(originator + "/"):
+                return Response(CLOUDFLARE_PAGE, status=403, mimetype="text/html")
             status, answer = self._refresh_grant(str(body.get("refresh_token", "")))
-            return _json(status, answer)
+            if isinstance(answer, str):
+                return Response(answer, status=status, mimetype="text/html")
+            return _json(status, self._shaped(answer) if status >= 400 else answer)
         return _json(400, {"error": "unsupported_grant_type"})
 
     def _code_grant(self, body: dict[str, Any]) -> Response:
@@ -295,7 +332,18 @@ class FakeOpenAIAuth(LoopbackServer):
             return _json(400, {"error": "invalid_grant", "error_description": "code_verifier does not match"})
         return _json(200, self._issue(code.user))
 
-    def _refresh_grant(self, token: str) -> tuple[int, dict[str, Any]]:
+    def _shaped(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI error object in the ``error_shape`` this fake answers in."""
+        error = answer.get("error")
+        code = error.get("code") if isinstance(error, dict) else error
+        if self.error_shape == "string":
+            return {"error": code}
+        if self.error_shape == "code":
+            message = error.get("message") if isinstance(error, dict) else None
+            return {"code": code, "message": message}
+        return answer
+
+    def _refresh_grant(self, token: str) -> tuple[int, dict[str, Any] | str]:
         record = self._refresh.get(token)
         if record is None:
             return 401, {"error": {"message": "Could not validate your token.", "code": "token_expired"}}
@@ -331,6 +379,10 @@ class FakeOpenAIAuth(LoopbackServer):
         code = secrets.token_urlsafe(24)
         self._codes[code] = _Code(device.user, f"{self.url}/deviceauth/callback", challenge, "")
         return _json(200, {"authorization_code": code, "code_challenge": challenge, "code_verifier": verifier})
+
+
+def _error_object(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
 
 
 def _user_code() -> str:
