@@ -4,10 +4,16 @@ Data first; the code is what Qwen does differently: the API host comes with the 
 (``resource_url``, which may change on refresh), the OAuth host sits behind a firewall
 that answers some clients with an HTML page and HTTP 200, and the free OAuth tier
 ended on 2026-04-15, so refusals are reported with the server's own words.
+
+The wire facts are Qwen Code's (QwenLM/qwen-code 0.24.4, ``packages/core/src/qwen/qwenOAuth2.ts``
+for the OAuth requests and the poll rhythm, ``packages/core/src/core/openaiContentGenerator/
+provider/dashscope.ts`` ``buildHeaders`` for the API headers).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +23,7 @@ from broker.errors import BadRequest, BrokerError, LoginFailed, UpstreamUnavaila
 from broker.model import Credential
 from broker.upstream_errors import to_broker_error
 from flows import device_code, refresh
-from flows.device_code import DeviceAuthorization, DeviceClient
+from flows.device_code import DeviceAuthorization, DeviceClient, PollPolicy
 from flows.errors import OAuthError, TransportError
 from flows.token import OAuthClient, TokenSet
 from providers import qwen_file
@@ -26,6 +32,7 @@ from providers.custom import verify_event
 from providers.endpoints import endpoints_from
 from providers.files import FollowedFile
 from providers.jwt_claims import account_name, claims
+from providers.wire import Wire
 
 NAME = "qwen"
 DESCRIPTION = "Qwen Code's OAuth login (free tier ended 2026-04-15; existing logins work until refused)"
@@ -38,8 +45,32 @@ ENDPOINTS = {
     "token": "https://chat.qwen.ai/api/v1/oauth2/token",
 }
 FLOWS = ("device",)
-API_HEADERS = {"X-DashScope-AuthType": "qwen-oauth", "X-DashScope-CacheControl": "enable"}
-"""What Qwen Code sends to the API with an OAuth token."""
+USER_AGENT = "QwenCode/{qwen_code} ({node_platform}; {node_arch})"
+"""``dashscope.ts`` ``buildHeaders``: the CLI version, Node's process.platform and process.arch."""
+WIRE = Wire(
+    client_id=CLIENT_ID,
+    scopes=SCOPES,
+    headers={  # dashscope.ts buildHeaders, with an OAuth token
+        "User-Agent": USER_AGENT,
+        "X-DashScope-CacheControl": "enable",
+        "X-DashScope-UserAgent": USER_AGENT,
+        "X-DashScope-AuthType": "qwen-oauth",
+    },
+    token_headers={"User-Agent": "node"},  # qwenOAuth2.ts sends none of its own: Node's fetch says "node"
+    versions={"qwen_code": "0.24.4"},
+)
+POLL = PollPolicy(
+    interval=2.0,
+    slow_down_step=0.0,
+    slow_down_factor=1.5,
+    max_interval=10.0,  # "poll_interval" in the config moves the start, not this cap
+    reset_on_pending=True,
+    first_poll_at_once=True,
+)
+"""``qwenOAuth2.ts`` ``authWithQwenDeviceFlow``: poll at once, then every 2 s; 1.5 times longer per ``slow_down`` (HTTP
+429), at most 10 s; 2 s again after a plain ``authorization_pending``. The server's ``interval`` is not read."""
+DEAD_STATUSES = frozenset({400, 401})
+"""``qwenOAuth2.ts`` ``refreshAccessToken``: Qwen Code deletes its login on either, whatever the body says."""
 REFUSAL_HINT = (
     "Qwen's free OAuth tier ended on 2026-04-15: if this account has no paid plan, the server's refusal "
     "is final; use a DashScope API key instead"
@@ -48,7 +79,7 @@ WAF_NOTE = (
     "chat.qwen.ai sits behind a firewall that answers some clients with a web page instead of JSON; "
     "try again later or through another network ([providers.qwen] proxy)"
 )
-CONFIG_KEYS = ("endpoints", "client_id", "base_url", "headers", "proxy", "description")
+CONFIG_KEYS = ("endpoints", "base_url", "proxy", "description", "poll_interval", *WIRE.keys)
 
 
 @dataclass
@@ -59,10 +90,10 @@ class QwenProvider(Provider):
     """Served when the token names no ``resource_url``."""
     flows: tuple[str, ...] = FLOWS
     endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    client_id: str = CLIENT_ID
+    wire: Wire = WIRE
     forced_base_url: str | None = None
     """``base_url`` from the config: it wins over the token's ``resource_url``."""
-    headers: dict[str, str] = field(default_factory=lambda: dict(API_HEADERS))
+    poll: PollPolicy = POLL
     proxy: str | None = None
     description: str = DESCRIPTION
 
@@ -72,16 +103,16 @@ class QwenProvider(Provider):
         return cls(
             name=name,
             endpoints=endpoints_from(section, ENDPOINTS),
-            client_id=section.str("client_id", CLIENT_ID),
+            wire=WIRE.configured(section),
             forced_base_url=section.url("base_url", None),
-            headers={**API_HEADERS, **section.str_table("headers")},
+            poll=dataclasses.replace(POLL, interval=section.float("poll_interval", POLL.interval or 2.0, min=0.01)),
             proxy=section.optional_str("proxy"),
             description=section.str("description", DESCRIPTION),
         )
 
     @property
     def client(self) -> OAuthClient:
-        return OAuthClient(client_id=self.client_id)
+        return OAuthClient(client_id=self.wire.client_id or CLIENT_ID, headers=dict(self.wire.token_headers or {}))
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         if request.flow not in (None, *self.flows):
@@ -90,8 +121,10 @@ class QwenProvider(Provider):
             device_authorization_endpoint=self.endpoints["device_code"],
             token_endpoint=self.endpoints["token"],
             client=self.client,
-            scopes=SCOPES,
+            scopes=self.wire.scopes or (),
             pkce=True,
+            authorization_headers={"x-request-id": str(uuid.uuid4())},  # qwenOAuth2.ts requestDeviceAuthorization
+            poll=self.poll,
         )
 
         async def on_verify(grant: DeviceAuthorization) -> None:
@@ -124,7 +157,8 @@ class QwenProvider(Provider):
                 raise
             raise TransportError(f"{exc}; {WAF_NOTE}", exc.status, exc.retry_after) from None
         except OAuthError as exc:
-            raise _with_hint(to_broker_error(exc, self.name, "refresh")) from None
+            dead = OAuthError("invalid_grant", str(exc), exc.status) if exc.status in DEAD_STATUSES else exc
+            raise _with_hint(to_broker_error(dead, self.name, "refresh")) from None
         return self._credential(credential.account, tokens, source=credential.source, previous=credential)
 
     def can_refresh(self, credential: Credential) -> bool:
@@ -167,7 +201,6 @@ class QwenProvider(Provider):
         return {
             **super().served(credential),
             "base_url": self.forced_base_url or credential.base_url or self.base_url,
-            "headers": {**self.headers, **credential.headers},
         }
 
     def describe(self) -> dict[str, Any]:
@@ -175,8 +208,7 @@ class QwenProvider(Provider):
             **super().describe(),
             "base_url": self.forced_base_url or self.base_url,
             "endpoints": dict(self.endpoints),
-            "client_id": self.client_id,
-            "scopes": list(SCOPES),
+            "poll_interval": self.poll.interval,
         }
 
     def _credential(

@@ -13,6 +13,7 @@ import os
 import secrets
 import stat
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from providers.qwen import API_HEADERS, CLIENT_ID
-from tests.fakes.qwen import DEVICE_GRANT, FakeQwen
+from providers.qwen import CLIENT_ID
+from tests.fakes.qwen import DEVICE_GRANT, FakeQwen, qwen_code_api_headers
 from tests.followed_harness import InProcess, post, start_daemon
 
 KEY = ("qwen", "qwen-code")
@@ -60,6 +61,7 @@ def qwen_auth(qwen: FakeQwen) -> dict[str, Any]:
             "code_challenge": create_s256_code_challenge(verifier),
             "code_challenge_method": "S256",
         },
+        headers={"x-request-id": str(uuid.uuid4())},
     )
     qwen.approve(code["user_code"])
     return dict(
@@ -121,7 +123,7 @@ async def test_qwen_code_login_is_served_at_its_resource_url(broker: InProcess, 
     assert token["access_token"] == doc["access_token"]
     assert token["account"] == "qwen-code" and token["source"] == str(creds_path(broker))
     assert token["base_url"] == "https://portal.qwen.ai/v1" and token["api"] == "openai-chat"
-    assert token["headers"] == API_HEADERS
+    assert token["headers"] == qwen_code_api_headers()
     assert token["expires_at"] == doc["expiry_date"] // 1000
 
 

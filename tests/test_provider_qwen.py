@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,8 @@ from broker.daemon import Daemon
 from providers.qwen import CLIENT_ID, base_url_for
 from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
-from tests.fakes.qwen import DEVICE_GRANT, FakeQwen
+from tests.fakes.llm_upstream import FakeLLM
+from tests.fakes.qwen import DEVICE_GRANT, FakeQwen, qwen_code_api_headers
 
 FREE_TIER_END = "Qwen OAuth free tier has been discontinued. To continue using Qwen Code, switch to a paid plan."
 
@@ -28,8 +33,11 @@ def qwen_server() -> Iterator[FakeQwen]:
         yield server
 
 
-def qwen_config(server: FakeQwen) -> str:
+def qwen_config(server: FakeQwen, extra: str = "") -> str:
     return f"""
+[providers.qwen]
+{extra}
+
 [providers.qwen.endpoints]
 device_code = "{server.url}/api/v1/oauth2/device/code"
 token = "{server.url}/api/v1/oauth2/token"
@@ -38,7 +46,8 @@ token = "{server.url}/api/v1/oauth2/token"
 
 @pytest.fixture
 def qwen(daemon: DaemonProcess, qwen_server: FakeQwen) -> DaemonProcess:
-    daemon.write_config(qwen_config(qwen_server))
+    """A daemon polling every 50 ms (``poll_interval``): the real clock runs here; Qwen Code's 2 s is tested below."""
+    daemon.write_config(qwen_config(qwen_server, "poll_interval = 0.05"))
     return daemon.start()
 
 
@@ -68,8 +77,9 @@ def test_device_login_sends_an_s256_challenge_and_its_verifier_on_every_poll(
     assert verify["verification_uri"] == f"{qwen_server.url}/authorize"
     assert verify["verification_uri_complete"].startswith(f"{qwen_server.url}/authorize?user_code=")
 
-    (authorization,) = [form for _, path, _, form in qwen_server.requests if path.endswith("/device/code")]
+    ((headers, authorization),) = [(h, form) for _, path, h, form in qwen_server.requests if path.endswith("/code")]
     assert set(authorization) == {"client_id", "scope", "code_challenge", "code_challenge_method"}
+    assert str(uuid.UUID(headers["X-Request-Id"])) == headers["X-Request-Id"], "qwenOAuth2.ts sends a fresh UUID"
     assert authorization["client_id"] == CLIENT_ID == "f0304373b74a44d2b584a3fb70ca9e56"
     assert authorization["scope"] == "openid profile email model.completion"
     assert authorization["code_challenge_method"] == "S256"
@@ -87,10 +97,10 @@ def test_login_serves_the_token_at_the_resource_url_with_qwen_headers(qwen: Daem
     assert qwen_server.valid_access_token(token["access_token"])
     assert token["base_url"] == "https://portal.qwen.ai/v1"
     assert token["api"] == "openai-chat"
-    assert token["headers"] == {"X-DashScope-AuthType": "qwen-oauth", "X-DashScope-CacheControl": "enable"}
+    assert token["headers"] == qwen_code_api_headers()
     assert 3500 < token["expires_in"] <= 3600
     agents = {headers.get("User-Agent", "") for _, _, headers, _ in qwen_server.requests}
-    assert all(agent.startswith("broker/") for agent in agents), agents
+    assert agents == {"node"}, "Qwen Code's OAuth requests carry Node fetch's own User-Agent"
 
 
 def test_login_without_resource_url_serves_the_dashscope_default(qwen: DaemonProcess, qwen_server: FakeQwen):
@@ -215,14 +225,14 @@ def test_providers_json_shows_effective_endpoints_flows_and_api(daemon: DaemonPr
     assert qwen["base_url"] == "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
 
-async def test_slow_down_adds_five_seconds_to_this_and_every_later_poll(short_tmp: Path):
-    """With an injected clock: Qwen's ``slow_down`` comes with HTTP 429 and still means RFC 8628's +5 s."""
-    with FakeQwen(interval=1.0) as server:
-        server.answer_polls("authorization_pending", "slow_down", "authorization_pending")
+async def poll_waits(short_tmp: Path, *answers: str) -> list[float]:
+    """The waits of a whole Qwen login whose polls get ``answers`` first, on an injected clock."""
+    with FakeQwen(interval=1.0) as server:  # an interval Qwen Code does not read
+        server.answer_polls(*answers)
         server.approve_all = True
         env = isolated_env(short_tmp)
         Path(env["BROKER_CONFIG"]).write_text(qwen_config(server))
-        clock = FakeClock()
+        clock = FakeClock(autojump_below=60.0)
         daemon = Daemon(load_settings(env), clock=clock)
         await daemon.start()
         try:
@@ -235,5 +245,52 @@ async def test_slow_down_adds_five_seconds_to_this_and_every_later_poll(short_tm
         finally:
             await daemon.stop()
     assert [event["event"] for event in events] == ["verify", "done"]
-    assert clock.jumped == [1.0, 1.0, 6.0, 6.0]
-    assert server.grant_counts[DEVICE_GRANT] == 4
+    assert server.grant_counts[DEVICE_GRANT] == len(answers) + 1
+    return clock.jumped
+
+
+async def test_polls_at_once_then_every_two_seconds_and_slow_down_waits_half_as_long_again(short_tmp: Path):
+    """Qwen Code's rhythm (qwenOAuth2.ts): 2 s, x1.5 per slow_down (HTTP 429), 2 s again after plain pending."""
+    waits = await poll_waits(short_tmp, "authorization_pending", "slow_down", "authorization_pending")
+    assert waits == [2.0, 3.0, 2.0]
+
+
+async def test_slow_down_grows_to_ten_seconds_at_most(short_tmp: Path):
+    waits = await poll_waits(short_tmp, *["slow_down"] * 5, "authorization_pending")
+    assert waits == [3.0, 4.5, 6.75, 10.0, 10.0, 2.0]
+
+
+def test_api_headers_are_what_the_qwen_api_fake_requires(qwen: DaemonProcess, qwen_server: FakeQwen):
+    """Served as Qwen Code sends them; the API fake refuses a call that lacks any of them."""
+    login(qwen, qwen_server)
+    token = token_json(qwen)
+    required = qwen_code_api_headers()
+    with FakeLLM(key=token["access_token"], required_headers=dict(required)) as api:
+
+        def post(headers: dict[str, str]) -> int:
+            request = urllib.request.Request(
+                f"{api.url}/v1/chat/completions",
+                data=json.dumps({"model": "qwen3-coder-plus", "messages": []}).encode(),
+                headers={**headers, "Authorization": f"Bearer {token['access_token']}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert post(token["headers"]) == 200
+        for name in required:
+            assert post({k: v for k, v in token["headers"].items() if k != name}) == 400, name
+
+
+def test_the_qwen_fake_refuses_a_device_request_without_a_request_id(qwen_server: FakeQwen):
+    form = {"client_id": CLIENT_ID, "scope": "openid", "code_challenge": "x" * 43, "code_challenge_method": "S256"}
+    request = urllib.request.Request(
+        f"{qwen_server.url}/api/v1/oauth2/device/code",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"User-Agent": "node", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400 and json.loads(refused.value.read())["error"] == "invalid_request"

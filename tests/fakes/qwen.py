@@ -3,7 +3,8 @@
 Written from ../shared/providers.md (qwen), providers-reference.md §3, RFC 8628 and RFC 7636:
 
 - ``POST /api/v1/oauth2/device/code`` (form): ``client_id``, ``scope``, ``code_challenge`` and
-  ``code_challenge_method=S256`` are required (400 ``invalid_request`` otherwise). Answer:
+  ``code_challenge_method=S256`` are required, and an ``x-request-id`` header holding a UUID,
+  as Qwen Code sends one (``qwenOAuth2.ts``); 400 ``invalid_request`` otherwise. Answer:
   ``device_code``, ``user_code``, ``verification_uri``, ``verification_uri_complete``,
   ``expires_in``, and ``interval`` only when the ``interval`` knob is set (Qwen sends none).
 - ``POST /api/v1/oauth2/token`` (form):
@@ -20,12 +21,16 @@ Written from ../shared/providers.md (qwen), providers-reference.md §3, RFC 8628
   page with HTTP 200, and with ``waf`` set every request does.
 - ``refuse(status, error, description)``: the token endpoint answers that error from now on,
   as the server may do since the free tier ended on 2026-04-15.
+
+``qwen_code_api_headers()`` is what Qwen Code 0.24.4 sends to the API with an OAuth token
+(``dashscope.ts`` ``buildHeaders``), for fakes of the API to require.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from werkzeug.wrappers import Request, Response
 
 from providers.qwen import CLIENT_ID
+from providers.wire import platform_facts
 from tests.fakes.loopback import LoopbackServer
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -42,6 +48,18 @@ WAF_PAGE = (
     "<body><p>Sorry, your request has been blocked as it may cause potential threats to the server.</p></body></html>"
 )
 LIBRARY_AGENTS = ("python-requests", "python-urllib", "python/", "aiohttp", "go-http-client", "node-fetch", "axios")
+RECORDED_HEADERS = ("User-Agent", "Accept", "Content-Type", "X-Request-Id")
+
+
+def qwen_code_api_headers() -> dict[str, str]:
+    facts = platform_facts()
+    agent = f"QwenCode/0.24.4 ({facts['node_platform']}; {facts['node_arch']})"
+    return {
+        "User-Agent": agent,
+        "X-DashScope-CacheControl": "enable",
+        "X-DashScope-UserAgent": agent,
+        "X-DashScope-AuthType": "qwen-oauth",
+    }
 
 
 @dataclass
@@ -111,7 +129,7 @@ class FakeQwen(LoopbackServer):
 
     def handle(self, request: Request) -> Response:
         form = request.form.to_dict()
-        headers = {k: v for k, v in request.headers.items() if k in ("User-Agent", "Accept", "Content-Type")}
+        headers = {k: v for k, v in request.headers.items() if k in RECORDED_HEADERS}
         self.requests.append((request.method, request.path, headers, form))
         agent = request.headers.get("User-Agent", "").lower()
         if self.waf or not agent or agent.startswith(LIBRARY_AGENTS):
@@ -119,6 +137,8 @@ class FakeQwen(LoopbackServer):
         if request.method != "POST" or request.mimetype != "application/x-www-form-urlencoded":
             return _json(404, {"error": "not_found"})
         if request.path == "/api/v1/oauth2/device/code":
+            if not _is_uuid(request.headers.get("X-Request-Id", "")):
+                return _json(400, {"error": "invalid_request", "error_description": "x-request-id is required"})
             return self._device_code(form)
         if request.path == "/api/v1/oauth2/token":
             return self._token(form)
@@ -200,6 +220,14 @@ class FakeQwen(LoopbackServer):
         if self.resource_url is not None:
             answer["resource_url"] = self.resource_url
         return answer
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
