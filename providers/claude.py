@@ -5,6 +5,11 @@ not log in to Claude itself and its proxy does not serve it. What broker adds is
 refresher for ``~/.claude/.credentials.json`` instead of one per running Claude Code:
 its refresh tokens rotate, and Claude Code instances that refresh the same copy log
 each other out.
+
+Its refresh is Claude Code's (``@anthropic-ai/claude-code`` 2.1.332, the shipped bundle):
+a JSON body with ``grant_type``, ``refresh_token``, ``client_id`` and ``scope`` (the
+login's own scopes), posted by axios with no User-Agent of Claude Code's own, so axios
+says ``axios/<version>``; the token endpoint is reported to answer 429 to other agents.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from flows.token import OAuthClient
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.endpoints import endpoints_from
 from providers.files import FileProblem, FollowedFile, file_path, home, require
+from providers.wire import Wire
 
 NAME = "claude"
 DESCRIPTION = "Claude subscription, from Claude Code's login (usable only by Claude Code itself)"
@@ -31,10 +37,25 @@ ENDPOINTS = {
     "token": "https://platform.claude.com/v1/oauth/token",
     "authorize": "https://claude.ai/oauth/authorize",
 }
-HEADERS = {"anthropic-beta": "oauth-2025-04-20"}
+SCOPES = (
+    "user:profile",
+    "user:inference",
+    "user:sessions:claude_code",
+    "user:mcp_servers",
+    "user:file_upload",
+    "user:plugins",
+)
+"""Claude Code's claude.ai scopes, asked for when the file names none."""
+WIRE = Wire(
+    client_id=CLIENT_ID,
+    scopes=SCOPES,
+    headers={"anthropic-beta": "oauth-2025-04-20"},  # what the API wants with an OAuth token
+    token_headers={"User-Agent": "axios/{axios}"},  # axios's own default: Claude Code sets none on its refresh
+    versions={"axios": "1.15.2"},
+)
 FILE_ACCOUNT = "claude-code"
 OAUTH_KEY = "claudeAiOauth"
-CONFIG_KEYS = ("endpoints", "client_id", "base_url", "proxy")
+CONFIG_KEYS = ("endpoints", "base_url", "proxy", *WIRE.keys)
 LOGIN_HINT = "run: claude, then /login"
 
 
@@ -46,7 +67,7 @@ class ClaudeProvider(Provider):
     flows: tuple[str, ...] = ("file",)
     description: str = DESCRIPTION
     endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    client_id: str = CLIENT_ID
+    wire: Wire = WIRE
     proxy: str | None = None
     proxy_allowed: bool = False
 
@@ -57,7 +78,7 @@ class ClaudeProvider(Provider):
             name=name,
             base_url=section.url("base_url", BASE_URL),
             endpoints=endpoints_from(section, ENDPOINTS),
-            client_id=section.str("client_id", CLIENT_ID),
+            wire=WIRE.configured(section),
             proxy=section.optional_str("proxy"),
         )
 
@@ -68,12 +89,17 @@ class ClaudeProvider(Provider):
         )
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
+        """Claude Code's refresh: its JSON body asks again for the scopes the login has."""
+        scopes = credential.extra.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
+            scopes = list(self.wire.scopes or SCOPES)
         tokens = await refresh.refresh(
             ctx.http(proxy=self.proxy),
             self.endpoints["token"],
-            OAuthClient(self.client_id, json_body=True),
+            OAuthClient(self.wire.client_id or CLIENT_ID, json_body=True, headers=dict(self.wire.token_headers or {})),
             credential.refresh_token,
             now=ctx.now(),
+            scopes=scopes,
         )
         return credential.replace(
             access_token=tokens.access_token,
@@ -125,7 +151,6 @@ class ClaudeProvider(Provider):
             expires_at=expires_ms / 1000,
             base_url=self.base_url,
             api=self.api,
-            headers=dict(HEADERS),
             extra={k: oauth[k] for k in ("scopes", "subscriptionType") if k in oauth},
         )
 

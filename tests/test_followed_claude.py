@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import stat
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from broker.config import load_settings
 from broker.daemon import Daemon
 from broker.errors import BrokerError, NotLoggedIn
 from tests.conftest import isolated_env
+from tests.fakes.anthropic_auth import RATE_LIMITED, AnthropicTokenServer
 from tests.fakes.clock import FakeClock
 from tests.fakes.refresh_server import RefreshServer
 
@@ -75,7 +78,7 @@ class Claude:
 
 
 async def start(root: Path, config: str = "") -> tuple[Claude, RefreshServer]:
-    server = RefreshServer(client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e").start()
+    server = AnthropicTokenServer(client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e").start()
     env = isolated_env(root)
     Path(env["BROKER_CONFIG"]).write_text(f'[providers.claude.endpoints]\ntoken = "{server.url}/token"\n' + config)
     clock = FakeClock()
@@ -281,6 +284,67 @@ async def test_a_config_reload_starts_and_stops_following_the_file(short_tmp: Pa
         with pytest.raises(NotLoggedIn):
             await claude.token()
         assert json.loads(claude.path.read_text())["claudeAiOauth"]["accessToken"] == second[0], "file untouched"
+    finally:
+        await claude.daemon.stop()
+        server.stop()
+
+
+# --- Claude Code's refresh, field for field (the fake refuses anything else) -----------------------
+
+
+async def refreshed(claude: Claude) -> None:
+    access, refresh = claude.server.issue()
+    claude.write(claude.doc(access, refresh, 3600))
+    await claude.changed()
+    planned = claude.daemon.refresher.status(KEY).next_refresh_at
+    assert planned is not None
+    claude.clock.advance_to(planned)
+    status = await asyncio.wait_for(claude.daemon.refresher.wait_attempts(KEY, 1), CHANGE_TIMEOUT)
+    assert status.state == "ready", status.last_error
+
+
+async def test_refresh_is_claude_codes_json_with_the_logins_scopes_and_axioss_user_agent(claude: Claude):
+    await refreshed(claude)
+    body, headers = claude.server.bodies[-1], claude.server.headers[-1]
+    assert set(body) == {"grant_type", "refresh_token", "client_id", "scope"}
+    assert body["scope"] == "user:inference user:profile", "the scopes the file's login has"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["User-Agent"] == "axios/1.15.2"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        (
+            {"User-Agent": "axios/1.15.2", "Content-Type": "application/x-www-form-urlencoded"},
+            "grant_type=refresh_token",
+            400,
+        ),
+        ({"User-Agent": "axios/1.15.2", "Content-Type": "application/json"}, '{"grant_type": "refresh_token"}', 400),
+        ({"User-Agent": "python-requests/2.32", "Content-Type": "application/json"}, "{}", 429),
+    ],
+    ids=["form body", "no scope", "another agent"],
+)
+def test_the_fake_refuses_a_refresh_claude_code_would_not_send(headers: dict[str, str], body: str, status: int):
+    with AnthropicTokenServer() as server:
+        request = urllib.request.Request(f"{server.url}/token", data=body.encode(), headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == status
+    answer = json.loads(refused.value.read())
+    assert answer == RATE_LIMITED if status == 429 else answer["error"] == "invalid_request"
+
+
+async def test_config_moves_the_user_agent_and_the_beta_header(short_tmp: Path):
+    config = (
+        '[providers.claude.versions]\naxios = "1.16.0"\n'
+        '[providers.claude.headers]\nanthropic-beta = "oauth-2026-01-01"\n'
+    )
+    claude, server = await start(short_tmp, config)
+    try:
+        await refreshed(claude)
+        assert server.headers[-1]["User-Agent"] == "axios/1.16.0"
+        assert (await claude.token())["headers"] == {"anthropic-beta": "oauth-2026-01-01"}
     finally:
         await claude.daemon.stop()
         server.stop()
