@@ -7,6 +7,12 @@ renewed when that answer's ``refresh_in`` says (through ``Credential.lead``). Wi
 ``exchange = false`` and the ``client_id`` of an OAuth app GitHub approved for Copilot,
 the ``gho_`` token is the bearer itself (``github-token``). GitHub answers device-flow errors with HTTP 200 and
 an ``error`` field; ``flows.token`` reads those as errors whatever the status.
+
+The headers are VS Code Copilot Chat's (microsoft/vscode-copilot-chat 0.38.0 for VS Code
+1.109): ``X-GitHub-Api-Version: 2025-04-01`` on the token exchange
+(``src/platform/authentication/node/copilotTokenManager.ts``), ``2025-05-01`` and
+``OpenAI-Intent`` on API calls (``src/platform/networking/common/networking.ts``), with
+the editor's identity on both, as copilot-api (``src/lib/api-config.ts``) sends it too.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from providers.custom import verify_event
 from providers.endpoints import overrides as endpoint_overrides
 from providers.files import FollowedFile
 from providers.github_hosts import GitHubHost
+from providers.wire import Wire
 
 NAME = "copilot"
 API = "openai-chat"
@@ -38,18 +45,29 @@ CLIENT_ID = "Iv1.b507a08c87ecfe98"
 SCOPES = ("read:user",)
 ENDPOINT_KEYS = ("device_code", "access_token", "copilot_token", "api")
 """``api`` is the GitHub REST base: ``/user`` names the account; ``copilot_token`` derives from it."""
-EDITOR_HEADERS = {
-    "Copilot-Integration-Id": "vscode-chat",
-    "Editor-Version": "vscode/1.99.3",
-    "Editor-Plugin-Version": "copilot-chat/0.26.7",
-    "User-Agent": "GitHubCopilotChat/0.26.7",
+EDITOR = {
+    "Editor-Version": "vscode/{vscode}",
+    "Editor-Plugin-Version": "copilot-chat/{copilot_chat}",
+    "User-Agent": "GitHubCopilotChat/{copilot_chat}",
 }
-"""Sent on the token exchange and served to clients: the Copilot API wants an editor's."""
+"""The editor's identity, on the token exchange and on every API call."""
+WIRE = Wire(
+    client_id=CLIENT_ID,
+    scopes=SCOPES,
+    headers={
+        "Copilot-Integration-Id": "vscode-chat",
+        **EDITOR,
+        "OpenAI-Intent": "conversation-panel",
+        "X-GitHub-Api-Version": "2025-05-01",
+    },
+    token_headers={**EDITOR, "X-GitHub-Api-Version": "2025-04-01"},
+    versions={"vscode": "1.109.0", "copilot_chat": "0.38.0"},
+)
 MODELS = {
     True: "copilot-token-exchange",
     False: "github-token",
 }
-KEYS = ("client_id", "exchange", "scopes", "enterprise_url", "base_url", "headers", "proxy", "endpoints")
+KEYS = ("exchange", "enterprise_url", "base_url", "proxy", "endpoints", *WIRE.keys)
 SUBSCRIPTION_PAGE = "https://github.com/settings/copilot"
 NOT_MINTED = 0.0
 """The expiry of a credential fresh from an editor's file: no Copilot token yet, so the refresher mints at once."""
@@ -62,10 +80,8 @@ class CopilotProvider(Provider):
     name: str
     host: GitHubHost
     overrides: dict[str, str]
-    client_id: str
     exchange: bool
-    scopes: tuple[str, ...]
-    editor_headers: dict[str, str]
+    wire: Wire
     configured_base_url: str | None = None
     proxy: str | None = None
     api: str = API
@@ -76,12 +92,15 @@ class CopilotProvider(Provider):
     def base_url(self) -> str | None:  # type: ignore[override]
         return self.fallback_base_url(self.host)
 
+    @property
+    def client_id(self) -> str:
+        return self.wire.client_id or CLIENT_ID
+
     @classmethod
     def from_config(cls, name: str, section: Section) -> CopilotProvider:
         section.check_keys(KEYS)
         exchange = section.bool("exchange", True)
-        client_id = section.optional_str("client_id")
-        if not exchange and client_id is None:
+        if not exchange and "client_id" not in section:
             raise section.error(
                 "client_id", "is required with exchange = false: the id of an OAuth app GitHub approved for Copilot"
             )
@@ -90,15 +109,12 @@ class CopilotProvider(Provider):
             host = GitHubHost.parse(enterprise_url)
         except ValueError as exc:
             raise section.error("enterprise_url", str(exc)) from None
-        configured = {**EDITOR_HEADERS, **section.str_table("headers")}
         return cls(
             name=name,
             host=host,
             overrides=endpoint_overrides(section, ENDPOINT_KEYS),
-            client_id=client_id or CLIENT_ID,
             exchange=exchange,
-            scopes=section.str_list("scopes", SCOPES),
-            editor_headers={k: v for k, v in configured.items() if v},
+            wire=WIRE.configured(section),
             configured_base_url=section.url("base_url", None),
             proxy=section.optional_str("proxy"),
         )
@@ -142,7 +158,7 @@ class CopilotProvider(Provider):
             device_authorization_endpoint=endpoints["device_code"],
             token_endpoint=endpoints["access_token"],
             client=OAuthClient(client_id=self.client_id),
-            scopes=self.scopes,
+            scopes=self.wire.scopes or (),
         )
         tokens = await device_code.run(http, device, on_verify, now=ctx.now, sleep=ctx.sleep)
         account = request.account or await _github_login(http, endpoints["api"], tokens.access_token) or "default"
@@ -232,7 +248,7 @@ class CopilotProvider(Provider):
         url = self.endpoints(host)["copilot_token"]
         github_token = str(credential.extra["github_token"])
         response = await ctx.http(proxy=self.proxy).request(
-            "GET", url, headers={**self.editor_headers, "Authorization": f"token {github_token}"}
+            "GET", url, headers={**(self.wire.token_headers or {}), "Authorization": f"token {github_token}"}
         )
         if response.status >= 500 or response.status == 429:
             raise TransportError(
@@ -285,7 +301,7 @@ class CopilotProvider(Provider):
         return {
             "base_url": credential.base_url or self.fallback_base_url(host),
             "api": self.api,
-            "headers": dict(self.editor_headers),
+            "headers": dict(self.wire.headers or {}),
             "auth": self.auth,
         }
 
@@ -294,10 +310,7 @@ class CopilotProvider(Provider):
             **super().describe(),
             "endpoints": self.endpoints(self.host),
             "enterprise_url": self.host.enterprise_url,
-            "client_id": self.client_id,
-            "scopes": list(self.scopes),
             "login_model": MODELS[self.exchange],
-            "headers": dict(self.editor_headers),
         }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -21,10 +23,11 @@ import pytest
 from broker.client import Client
 from broker.config import load_settings
 from broker.daemon import Daemon
-from providers.copilot import CLIENT_ID, EDITOR_HEADERS
+from providers.copilot import CLIENT_ID
 from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
-from tests.fakes.github import FakeGitHub
+from tests.fakes.github import API_HEADERS, EXCHANGE_HEADERS, FakeGitHub
+from tests.fakes.llm_upstream import FakeLLM
 
 TOKEN_PATH = "/copilot_internal/v2/token"
 
@@ -94,11 +97,11 @@ def test_login_serves_the_copilot_token_with_its_api_base_and_editor_headers(
     assert token["expires_at"] == record.expires_at
     assert token["base_url"] == github.copilot_api
     assert token["api"] == "openai-chat"
-    assert token["headers"] == EDITOR_HEADERS
+    assert token["headers"] == API_HEADERS
     assert token["account"] == "octocat"
 
 
-def test_device_login_posts_githubs_form_and_the_exchange_sends_the_github_token_with_editor_headers(
+def test_device_login_posts_githubs_form_and_the_exchange_sends_the_github_token_with_vscode_headers(
     daemon: DaemonProcess, github: FakeGitHub
 ) -> None:
     daemon.write_config(copilot_config(github))
@@ -114,21 +117,27 @@ def test_device_login_posts_githubs_form_and_the_exchange_sends_the_github_token
     (github_token,) = github.github_tokens("octocat")
     assert github_token.startswith("ghu_")
     assert exchange.headers["Authorization"] == f"token {github_token}"
-    for name, value in EDITOR_HEADERS.items():
-        assert exchange.headers[name] == value
+    assert {name: exchange.headers.get(name) for name in EXCHANGE_HEADERS} == EXCHANGE_HEADERS
 
 
-def test_configured_headers_replace_the_editor_defaults_on_the_exchange_and_for_clients(
+def test_configured_versions_and_headers_replace_the_defaults_on_the_exchange_and_for_clients(
     daemon: DaemonProcess, github: FakeGitHub
 ) -> None:
-    headers = '[providers.copilot.headers]\nEditor-Version = "vscode/9.9.9"\nCopilot-Integration-Id = ""\n'
-    daemon.write_config(copilot_config(github) + headers)
+    config = (
+        '[providers.copilot.versions]\nvscode = "1.120.0"\n'
+        '[providers.copilot.headers]\nCopilot-Integration-Id = ""\nX-Team = "ml"\n'
+        '[providers.copilot.token_headers]\nX-GitHub-Api-Version = "2022-11-28"\n'
+    )
+    daemon.write_config(copilot_config(github) + config)
     daemon.start()
     login(daemon, github)
     served = token_json(daemon)["headers"]
-    assert served["Editor-Version"] == "vscode/9.9.9"
+    assert served["Editor-Version"] == "vscode/1.120.0", "a version moves every header that names it"
+    assert served["X-Team"] == "ml" and served["X-GitHub-Api-Version"] == "2025-05-01"
     assert "Copilot-Integration-Id" not in served, "an empty value removes a default header"
-    assert github.seen(TOKEN_PATH)[0].headers["Editor-Version"] == "vscode/9.9.9"
+    exchange = github.seen(TOKEN_PATH)[0].headers
+    assert exchange["Editor-Version"] == "vscode/1.120.0"
+    assert exchange["X-GitHub-Api-Version"] == "2022-11-28" and "X-Team" not in exchange
 
 
 def test_oauth_app_model_serves_the_github_token_itself_without_an_exchange(
@@ -284,6 +293,8 @@ def test_providers_json_shows_effective_endpoints_flows_api_and_login_model(daem
     assert copilot["login_model"] == "copilot-token-exchange"
     assert copilot["client_id"] == CLIENT_ID
     assert copilot["base_url"] == "https://copilot-api.ghe.example.com"
+    assert copilot["headers"] == API_HEADERS and copilot["token_headers"] == EXCHANGE_HEADERS
+    assert copilot["versions"] == {"vscode": "1.109.0", "copilot_chat": "0.38.0"}
 
 
 def test_unknown_endpoint_key_is_a_config_error_naming_the_key(daemon: DaemonProcess) -> None:
@@ -378,3 +389,54 @@ async def test_timer_renews_the_copilot_token_at_refresh_in_and_keeps_the_github
             assert served["access_token"] == second.access_token
             assert github.copilot_token(served["access_token"]) is not None
             assert len(github.seen(TOKEN_PATH)) == 2
+
+
+# --- what the strict fakes refuse --------------------------------------------------------------
+
+
+def status_of(url: str, headers: dict[str, str], data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [({"User-Agent": ""}, 403), ({"X-GitHub-Api-Version": "2099-01-01"}, 400)],
+    ids=["no User-Agent", "unknown API version"],
+)
+def test_the_github_fake_refuses_what_githubs_rest_api_refuses(
+    daemon: DaemonProcess, github: FakeGitHub, change: dict[str, str], status: int
+) -> None:
+    daemon.write_config(copilot_config(github))
+    daemon.start()
+    login(daemon, github)
+    (github_token,) = github.github_tokens("octocat")
+    headers = {**EXCHANGE_HEADERS, "Authorization": f"token {github_token}"}
+    url = f"{github.url}/copilot_internal/v2/token"
+    assert status_of(url, headers) == 200
+    assert status_of(url, {**headers, **change}) == status
+
+
+def test_copilot_api_calls_with_the_served_headers_pass_and_without_any_of_them_are_refused(
+    daemon: DaemonProcess, github: FakeGitHub
+) -> None:
+    daemon.write_config(copilot_config(github))
+    daemon.start()
+    login(daemon, github)
+    token = token_json(daemon)
+    key = token["access_token"]
+    with FakeLLM(
+        prefix="", key=lambda t: github.copilot_token(t) is not None, required_headers=dict(API_HEADERS)
+    ) as api:
+        body = json.dumps({"model": "gpt-4.1", "messages": []}).encode()
+
+        def call(headers: dict[str, str]) -> int:
+            return status_of(f"{api.url}/chat/completions", {**headers, "Authorization": f"Bearer {key}"}, body)
+
+        assert call(token["headers"]) == 200
+        for name in API_HEADERS:
+            assert call({k: v for k, v in token["headers"].items() if k != name}) == 400, name

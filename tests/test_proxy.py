@@ -19,9 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from providers.copilot import EDITOR_HEADERS
 from tests.conftest import DaemonProcess, isolated_env, read_event
-from tests.fakes.github import FakeGitHub
+from tests.fakes.github import API_HEADERS, FakeGitHub
 from tests.fakes.llm_upstream import FakeLLM
 
 KEY = "sk-upstream-0123456789"
@@ -77,12 +76,12 @@ api = "{github.url}"
 
 
 def copilot_upstream(github: FakeGitHub) -> FakeLLM:
-    """Copilot's chat API: ``/chat/completions`` at the token's ``endpoints.api``, editor headers required."""
+    """Copilot's chat API: ``/chat/completions`` at the token's ``endpoints.api``, VS Code's headers required."""
     return FakeLLM(
         style="openai",
         prefix="",
         key=lambda token: github.copilot_token(token) is not None,
-        required_headers={k: EDITOR_HEADERS[k] for k in ("Copilot-Integration-Id", "Editor-Version")},
+        required_headers=dict(API_HEADERS),
     )
 
 

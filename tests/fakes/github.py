@@ -16,6 +16,11 @@ Written from GitHub's device-flow documentation, RFC 8628 and providers.md:
 - ``GET /copilot_internal/v2/token``: ``{token, expires_at, refresh_in, endpoints{api}, sku}``;
   401 for an unknown or revoked GitHub token; 403 with ``error_details`` for a user without
   Copilot.
+- As GitHub's REST API documents for every request: 403 without a ``User-Agent``, 400 for
+  an ``X-GitHub-Api-Version`` it does not know.
+
+``EXCHANGE_HEADERS`` and ``API_HEADERS`` are what VS Code Copilot Chat 0.38.0 sends on the
+token exchange and on Copilot API calls (``copilotTokenManager.ts``, ``networking.ts``).
 
 Every request is recorded with its ``Host``: reached as an HTTP proxy, the fake serves any
 host name, so a test can tell ``ghe.example.test`` from ``api.ghe.example.test``. Time comes
@@ -33,6 +38,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.datastructures import Headers
 
 from tests.fakes.loopback import ServedOnLoopback
 
@@ -41,6 +47,19 @@ SLOW_DOWN_STEP = 5.0
 POLL_TOLERANCE = 0.01
 """A poll this much early is still on time: the client's timer may fire a hair before."""
 DOCS = "https://docs.github.com/developers/apps/authorizing-oauth-apps#error-codes-for-the-device-flow"
+API_VERSIONS = frozenset({"2022-11-28", "2025-04-01", "2025-05-01"})
+VSCODE_CHAT = {
+    "Editor-Version": "vscode/1.109.0",
+    "Editor-Plugin-Version": "copilot-chat/0.38.0",
+    "User-Agent": "GitHubCopilotChat/0.38.0",
+}
+EXCHANGE_HEADERS = {**VSCODE_CHAT, "X-GitHub-Api-Version": "2025-04-01"}
+API_HEADERS = {
+    "Copilot-Integration-Id": "vscode-chat",
+    **VSCODE_CHAT,
+    "OpenAI-Intent": "conversation-panel",
+    "X-GitHub-Api-Version": "2025-05-01",
+}
 
 
 @dataclass
@@ -63,7 +82,8 @@ class Seen:
     method: str
     host: str
     path: str
-    headers: dict[str, str]
+    headers: Headers
+    """Case-insensitive, as HTTP header names are."""
     form: dict[str, str]
     at: float
 
@@ -185,18 +205,19 @@ class FakeGitHub(ServedOnLoopback):
         lock = self._lock
 
         @app.before_request
-        def record() -> None:
+        def record() -> Response | None:
             with lock:
                 self.requests.append(
                     Seen(
                         request.method,
                         request.host,
                         request.path,
-                        dict(request.headers),
+                        Headers(request.headers),
                         request.form.to_dict(),
                         self.now(),
                     )
                 )
+            return _rest_rules()
 
         @app.post("/login/device/code")
         def device_code() -> Response:
@@ -325,6 +346,27 @@ class FakeGitHub(ServedOnLoopback):
         token = prefix + secrets.token_urlsafe(27)
         self._tokens[token] = user
         return {"access_token": token, "token_type": "bearer", "scope": code.scope}
+
+
+def _rest_rules() -> Response | None:
+    """What GitHub's REST API refuses before it looks at a request."""
+    if not request.headers.get("User-Agent"):
+        message = (
+            "Request forbidden by administrative rules. Please make sure your request has a User-Agent header "
+            "(https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required)."
+        )
+        return Response(message, status=403, mimetype="text/plain")
+    version = request.headers.get("X-GitHub-Api-Version")
+    if version is not None and version not in API_VERSIONS:
+        response = jsonify(
+            {
+                "message": f"Unsupported 'X-GitHub-Api-Version' header: {version}",
+                "documentation_url": "https://docs.github.com/rest/overview/api-versions",
+            }
+        )
+        response.status_code = 400
+        return response
+    return None
 
 
 def _bad_credentials() -> Response:
