@@ -6,12 +6,20 @@ gateway's Anthropic and OpenAI proxies) for the token, base URL and headers clie
 get. ``direct_access`` allows 10 calls per 5 minutes per user: the answer is kept
 until the refresher renews it near ``expires_at``, and a renewal asked for within a
 minute of the last one returns the token in hand.
+
+The agents routes speak as GitLab's own AI provider package does
+(gitlab-org/editor-extensions/gitlab-ai-provider 3.6.1, ``src/gitlab-direct-access.ts``
+and ``src/gitlab-provider.ts``): the exchange body ``{"feature_flags":
+{"DuoAgentPlatformNext": true}}`` with ``User-Agent: ai-sdk-gitlab/<v>``, then the
+answer's headers (minus ``x-api-key``) with ``User-Agent: gitlab-ai-provider/<v>`` on
+gateway calls; GPT models through the OpenAI proxy with chat completions, and the
+Codex models with the Responses API (``serve = "openai-responses"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.config import Section
@@ -22,6 +30,7 @@ from flows.errors import FlowError, OAuthError, TransportError
 from flows.http import HttpResponse
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.endpoints import overrides as endpoint_overrides
+from providers.wire import Wire
 
 NAME = "gitlab"
 INSTANCE = "https://gitlab.com"
@@ -33,7 +42,16 @@ ENDPOINT_PATHS = {
     "agents_direct_access": "/api/v4/ai/third_party_agents/direct_access",
 }
 SCOPE_ADVICE = "a personal access token with the api scope (or ai_features)"
-KEYS = ("enterprise_url", "serve", "gateway_url", "proxy", "endpoints")
+WIRE = Wire(
+    headers={"User-Agent": "gitlab-ai-provider/{gitlab_ai_provider}"},
+    token_headers={"User-Agent": "ai-sdk-gitlab/{gitlab_ai_provider}"},
+    versions={"gitlab_ai_provider": "3.6.0"},  # the package's own VERSION constant (in release 3.6.1)
+)
+"""gitlab-ai-provider's identity, on the agents routes only: the code-suggestions client (GitLab's language
+server) was not checked, so that route sends and serves what GitLab's answer gives."""
+FEATURE_FLAGS = {"DuoAgentPlatformNext": True}
+"""``gitlab-provider.ts`` ``createAgenticChatModel``: the agents exchange's body."""
+KEYS = ("enterprise_url", "serve", "gateway_url", "proxy", "endpoints", "feature_flags", *WIRE.keys)
 AGENTS_TOKEN_LIFETIME = 25 * 60.0
 """When the agents answer has no ``expires_at``: third-party clients keep it 25 minutes."""
 MIN_EXCHANGE_GAP = 60.0
@@ -52,14 +70,19 @@ class Route:
     api: str
     base: str | None
     """``{gateway}``/``{instance}`` template; ``None``: the answer's ``base_url``."""
-    body: Mapping[str, Any] | None = None
     note: str = ""
+
+    @property
+    def agents(self) -> bool:
+        """A route of gitlab-ai-provider's: its feature flags in the body, its identity in the headers."""
+        return self.endpoint == "agents_direct_access"
 
 
 ROUTES = {
     "code_suggestions": Route("direct_access", "gitlab-code-suggestions", None),
-    "anthropic": Route("agents_direct_access", "anthropic", "{gateway}/ai/v1/proxy/anthropic", {}),
-    "openai": Route("agents_direct_access", "openai-chat", "{gateway}/ai/v1/proxy/openai/v1", {}),
+    "anthropic": Route("agents_direct_access", "anthropic", "{gateway}/ai/v1/proxy/anthropic"),
+    "openai": Route("agents_direct_access", "openai-chat", "{gateway}/ai/v1/proxy/openai/v1"),
+    "openai-responses": Route("agents_direct_access", "openai-responses", "{gateway}/ai/v1/proxy/openai/v1"),
     "pat-proxy": Route(
         None,
         "openai-chat",
@@ -78,6 +101,8 @@ class GitLabProvider(Provider):
     serve: str = "code_suggestions"
     gateway_url: str = GATEWAY
     proxy: str | None = None
+    wire: Wire = WIRE
+    feature_flags: Mapping[str, bool] = field(default_factory=lambda: dict(FEATURE_FLAGS))
     flows: tuple[str, ...] = ("pat",)
     description: str = "GitLab Duo: a personal access token, then GitLab's short-lived AI gateway token"
     secret_prompt: str | None = "GitLab personal access token"
@@ -109,6 +134,8 @@ class GitLabProvider(Provider):
             serve=section.choice("serve", tuple(ROUTES), "code_suggestions"),
             gateway_url=section.url("gateway_url", GATEWAY).rstrip("/"),
             proxy=section.optional_str("proxy"),
+            wire=WIRE.configured(section),
+            feature_flags={**FEATURE_FLAGS, **_flags(section)},
         )
 
     # --- data derived from the instance -------------------------------------------------
@@ -179,8 +206,10 @@ class GitLabProvider(Provider):
                 headers={},
             )
         url = self.endpoints(instance)[route.endpoint]
+        identity = (self.wire.token_headers or {}) if route.agents else {}
+        body = ({"feature_flags": dict(self.feature_flags)} if self.feature_flags else {}) if route.agents else None
         response = await ctx.http(proxy=self.proxy).request(
-            "POST", url, json_body=route.body, headers={"Authorization": f"Bearer {personal}"}
+            "POST", url, json_body=body, headers={**identity, "Authorization": f"Bearer {personal}"}
         )
         if response.status >= 500 or response.status == 429:
             raise TransportError(
@@ -235,6 +264,13 @@ class GitLabProvider(Provider):
 
     # --- what clients and `broker providers` see ------------------------------------------
 
+    def served(self, credential: Credential) -> Mapping[str, Any]:
+        """The gateway's headers, and on the agents routes gitlab-ai-provider's identity."""
+        served = super().served(credential)
+        if ROUTES.get(str(credential.extra.get("serve")), self.route).agents:
+            return served
+        return {**served, "headers": dict(credential.headers)}
+
     def describe(self) -> dict[str, Any]:
         described = {
             **super().describe(),
@@ -243,10 +279,19 @@ class GitLabProvider(Provider):
             "serves_from": self.route.endpoint,
             "gateway_url": self.gateway_url,
             "needs": SCOPE_ADVICE,
+            "feature_flags": dict(self.feature_flags),
         }
+        if not self.route.agents:  # gitlab-ai-provider's identity goes on its own routes only
+            described.update(headers={}, token_headers={}, feature_flags={})
         if self.route.note:
             described["note"] = self.route.note
         return described
+
+
+def _flags(section: Section) -> dict[str, bool]:
+    """``feature_flags``: a table of true/false, merged over gitlab-ai-provider's."""
+    table = section.section("feature_flags")
+    return {name: table.bool(name) for name in table.data}
 
 
 def _instance(value: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,13 +179,66 @@ def test_anthropic_route_serves_the_agents_token_at_the_gateway_proxy_without_x_
     login(daemon, gitlab.add_pat("alice"))
     token = token_json(daemon)
     (exchange,) = gitlab.exchanges_at(AGENTS)
-    assert exchange.body == {}
+    assert exchange.body == {"feature_flags": {"DuoAgentPlatformNext": True}}, "gitlab-ai-provider's body"
+    assert exchange.user_agent == "ai-sdk-gitlab/3.6.0"
     assert token["access_token"] == exchange.token
     assert token["base_url"] == "https://cloud.gitlab.com/ai/v1/proxy/anthropic"
     assert token["api"] == "anthropic"
     assert "x-gitlab-realm" in token["headers"]
+    assert token["headers"]["User-Agent"] == "gitlab-ai-provider/3.6.0"
     assert "x-api-key" not in {k.lower() for k in token["headers"]}
     assert gitlab.exchanges_at(DIRECT) == []
+
+
+def test_openai_responses_route_serves_the_openai_proxy_for_the_responses_api(
+    daemon: DaemonProcess, gitlab: FakeGitLab
+) -> None:
+    """gitlab-ai-provider reaches the Codex models with the Responses API, the others with chat completions."""
+    daemon.write_config(gitlab_config(gitlab, 'serve = "openai-responses"'))
+    daemon.start()
+    login(daemon, gitlab.add_pat("alice"))
+    token = token_json(daemon)
+    assert token["base_url"] == "https://cloud.gitlab.com/ai/v1/proxy/openai/v1"
+    assert token["api"] == "openai-responses"
+    assert gitlab.valid_gateway_token(token["access_token"])
+
+
+def test_code_suggestions_route_carries_no_agent_identity(daemon: DaemonProcess, gitlab: FakeGitLab) -> None:
+    daemon.write_config(gitlab_config(gitlab))
+    daemon.start()
+    login(daemon, gitlab.add_pat("alice"))
+    (exchange,) = gitlab.exchanges_at(DIRECT)
+    assert exchange.body is None and exchange.user_agent.startswith("broker/")
+    assert "User-Agent" not in token_json(daemon)["headers"]
+
+
+def test_configured_feature_flags_and_version_reach_the_exchange(daemon: DaemonProcess, gitlab: FakeGitLab) -> None:
+    extra = (
+        'serve = "openai"\n[providers.gitlab.feature_flags]\nduo_agent_platform = true\n'
+        '[providers.gitlab.versions]\ngitlab_ai_provider = "3.7.0"\n'
+    )
+    daemon.write_config(gitlab_config(gitlab, extra))
+    daemon.start()
+    login(daemon, gitlab.add_pat("alice"))
+    (exchange,) = gitlab.exchanges_at(AGENTS)
+    assert exchange.body == {"feature_flags": {"DuoAgentPlatformNext": True, "duo_agent_platform": True}}
+    assert exchange.user_agent == "ai-sdk-gitlab/3.7.0"
+    assert token_json(daemon)["headers"]["User-Agent"] == "gitlab-ai-provider/3.7.0"
+    described = next(p for p in daemon.request("GET", "/v1/providers")["providers"] if p["name"] == "gitlab")
+    assert described["feature_flags"] == {"DuoAgentPlatformNext": True, "duo_agent_platform": True}
+    assert described["versions"] == {"gitlab_ai_provider": "3.7.0"}
+
+
+def test_the_fake_refuses_an_agents_exchange_without_gitlab_ai_providers_flag(gitlab: FakeGitLab) -> None:
+    pat = gitlab.add_pat("alice")
+    request = urllib.request.Request(
+        gitlab.url + AGENTS,
+        data=b"{}",
+        headers={"Authorization": f"Bearer {pat}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400 and gitlab.exchanges == []
 
 
 def test_instance_refusing_pats_at_direct_access_points_to_the_pat_proxy_fallback(daemon: DaemonProcess) -> None:

@@ -13,6 +13,9 @@ providers.md:
   seconds (10 per 5 minutes, as documented).
 - ``POST /api/v4/ai/third_party_agents/direct_access`` (same scopes, JSON body): 201
   ``{token, expires_at, headers}`` whose headers include an ``x-api-key`` clients must drop.
+  A body without ``{"feature_flags": {"DuoAgentPlatformNext": true}}``, which GitLab's own
+  AI provider package sends (gitlab-ai-provider ``createAgenticChatModel``), is a 400: not
+  reported of the real instance; the fake holds broker to the official client's body.
 
 ``refuse_pats_at_direct_access`` makes both exchanges answer 401 to a PAT that ``/user``
 accepts, the way an instance that takes only OAuth tokens there would (unverified).
@@ -52,6 +55,7 @@ class Exchange:
     token: str
     expires_at: int
     body: Any
+    user_agent: str = ""
 
 
 @dataclass
@@ -135,9 +139,12 @@ class FakeGitLab(ServedOnLoopback):
             body = request.get_json(silent=True) if agents else None
             if agents and not isinstance(body, dict):
                 return _json({"error": "body is invalid"}, 400)
+            if agents and (body.get("feature_flags") or {}).get("DuoAgentPlatformNext") is not True:
+                return _json({"error": "feature_flags.DuoAgentPlatformNext is missing"}, 400)
             expires_at = int(self.now()) + self.token_lifetime
             token = secrets.token_urlsafe(32)
-            self.exchanges.append(Exchange(request.path, pat.user, token, expires_at, body))
+            agent = request.headers.get("User-Agent", "")
+            self.exchanges.append(Exchange(request.path, pat.user, token, expires_at, body, agent))
             headers = {
                 "X-Gitlab-Instance-Id": self._instance_id,
                 "X-Gitlab-Realm": "saas",
