@@ -5,6 +5,12 @@ nor serves it through its proxy; other tools have the Gemini API key (``gemini-a
 or Vertex (``vertex``). What broker adds is one refresher ahead of every Gemini CLI,
 and a write-back that merges: Google's refresh answer has no refresh token, and
 replacing the file with it logs Gemini CLI out an hour later.
+
+The refresh is Gemini CLI's (0.61.0): google-auth-library 10.9.0's ``OAuth2Client``
+``refreshTokenNoCache``, a form with ``refresh_token``, ``client_id``, ``client_secret``
+and ``grant_type``, and the library's ``User-Agent: google-api-nodejs-client/<version>``
+(its ``AuthClient`` request interceptor; its ``x-goog-api-client: gl-node/<Node's version>``
+names the user's Node and is not copied).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from flows.token import OAuthClient
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.endpoints import endpoints_from
 from providers.files import FileProblem, FollowedFile, home, require
+from providers.wire import Wire
 
 NAME = "gemini"
 DESCRIPTION = "Gemini CLI's Google login, kept fresh for Gemini CLI (usable only by Gemini CLI itself)"
@@ -35,7 +42,12 @@ ENDPOINTS = {"token": "https://oauth2.googleapis.com/token"}
 FILE_ACCOUNT = "gemini-cli"
 HOME_VARIABLE = "GEMINI_CLI_HOME"
 """Replaces the home directory for Gemini CLI: the file is ``$GEMINI_CLI_HOME/.gemini/oauth_creds.json``."""
-CONFIG_KEYS = ("endpoints", "client_id", "client_secret", "base_url", "proxy")
+WIRE = Wire(
+    client_id=CLIENT_ID,
+    token_headers={"User-Agent": "google-api-nodejs-client/{google_auth_library}"},
+    versions={"google_auth_library": "10.9.0"},
+)
+CONFIG_KEYS = ("endpoints", "client_secret", "base_url", "proxy", *WIRE.keys)
 LOGIN_HINT = "run: gemini, then choose Login with Google"
 NOTE = (
     "Google allows this login only in Gemini CLI: broker keeps it fresh for Gemini CLI and the proxy does not "
@@ -51,7 +63,7 @@ class GeminiProvider(Provider):
     flows: tuple[str, ...] = ("file",)
     description: str = DESCRIPTION
     endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    client_id: str = CLIENT_ID
+    wire: Wire = WIRE
     client_secret: str = field(default=CLIENT_SECRET, repr=False)
     proxy: str | None = None
     proxy_allowed: bool = False
@@ -63,7 +75,7 @@ class GeminiProvider(Provider):
             name=name,
             base_url=section.url("base_url", BASE_URL),
             endpoints=endpoints_from(section, ENDPOINTS),
-            client_id=section.str("client_id", CLIENT_ID),
+            wire=WIRE.configured(section),
             client_secret=section.str("client_secret", CLIENT_SECRET),
             proxy=section.optional_str("proxy"),
         )
@@ -80,7 +92,12 @@ class GeminiProvider(Provider):
             tokens = await refresh.refresh(
                 ctx.http(proxy=self.proxy),
                 self.endpoints["token"],
-                OAuthClient(self.client_id, self.client_secret, auth_method="client_secret_post"),
+                OAuthClient(
+                    self.wire.client_id or CLIENT_ID,
+                    self.client_secret,
+                    auth_method="client_secret_post",
+                    headers=dict(self.wire.token_headers or {}),
+                ),
                 credential.refresh_token,
                 now=ctx.now(),
             )
@@ -129,7 +146,7 @@ class GeminiProvider(Provider):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "endpoints": dict(self.endpoints), "client_id": self.client_id, "note": NOTE}
+        return {**super().describe(), "endpoints": dict(self.endpoints), "note": NOTE}
 
     def _parse(self, doc: dict[str, Any]) -> Credential:
         where = "Gemini CLI's file"

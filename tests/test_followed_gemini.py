@@ -156,8 +156,10 @@ async def test_refresh_sends_gemini_clis_client_id_and_secret_in_the_form(gemini
     await gemini.changed()
     await gemini.token("?min_ttl=3000")  # less than that left: refreshes first
     (body,) = gemini.google.bodies
+    assert set(body) == {"refresh_token", "client_id", "client_secret", "grant_type"}, "google-auth-library's form"
     assert body["grant_type"] == "refresh_token"
     assert body["client_id"] == CLIENT_ID and body["client_secret"] == CLIENT_SECRET
+    assert gemini.google.agents == ["google-api-nodejs-client/10.9.0"]
     assert gemini.google.counts["refreshed"] == 1 and gemini.google.counts["bad_client"] == 0
 
 

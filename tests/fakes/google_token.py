@@ -60,6 +60,8 @@ class GoogleTokenServer(LoopbackServer):
         """issued access token → who it was issued to (client_id or service account email)."""
         self.counts: Counter[str] = Counter()
         self.bodies: list[dict[str, str]] = []
+        self.agents: list[str] = []
+        """The User-Agent of each request in ``bodies``."""
         self.assertions: list[dict[str, Any]] = []
         """Header and claims of every assertion that verified."""
 
@@ -95,6 +97,7 @@ class GoogleTokenServer(LoopbackServer):
             return _error(400, "invalid_request", "Invalid request: expected a form body")
         form = request.form.to_dict()
         self.bodies.append(form)
+        self.agents.append(request.user_agent.string)
         grant = form.get("grant_type", "")
         if grant == "refresh_token":
             return self._refresh(request, form)
