@@ -35,7 +35,7 @@ BASE_URL = "https://api.anthropic.com"
 CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 ENDPOINTS = {
     "token": "https://platform.claude.com/v1/oauth/token",
-    "authorize": "https://claude.ai/oauth/authorize",
+    "authorize": "https://claude.com/cai/oauth/authorize",  # CLAUDE_AI_AUTHORIZE_URL; broker only shows it
 }
 SCOPES = (
     "user:profile",
