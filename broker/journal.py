@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from broker import children
 from broker.atomic import replace_atomically
 from broker.model import CredentialKey
 from flows.errors import TransportError
@@ -201,7 +201,8 @@ async def _run_helper(order: bytes, journal: Journal) -> tuple[int, bytes]:
         try:
             with journal.locked() as lock:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "broker.redeem"],
+                    children.python_module("broker.redeem"),
+                    cwd=children.CWD,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,

@@ -68,7 +68,7 @@ def detect(executable: str = sys.executable) -> Installation:
     """The console script beside ``executable`` (venv, pipx), else ``executable -m broker``.
 
     ``-m broker`` gets ``PYTHONPATH`` only when that interpreter, started the way systemd
-    starts it (no ``PYTHONPATH``, cwd ``/``), would not import this very package.
+    starts it (no ``PYTHONPATH``, nothing from a working directory), would not import this very package.
     """
     script = Path(executable).parent / "broker"
     if script.is_file() and os.access(script, os.X_OK):
@@ -86,7 +86,7 @@ def _imports_from(executable: str) -> Path | None:
     probe = "import broker; print(broker.__file__)"
     try:
         done = subprocess.run(
-            [executable, "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=30, check=False
+            [executable, "-P", "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

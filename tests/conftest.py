@@ -40,7 +40,15 @@ class DaemonProcess:
     def write_config(self, text: str) -> None:
         self.config_path.write_text(text)
 
-    def start(self, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> DaemonProcess:
+    def start(
+        self,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        *,
+        command: tuple[str, ...] = (sys.executable, "-m", "broker"),
+        cwd: Path | None = None,
+    ) -> DaemonProcess:
+        """``broker serve`` (``command`` says how broker is started), ready when it says READY=1."""
         notify_path = self.root / f"notify-{os.urandom(4).hex()}"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
             listener.bind(str(notify_path))
@@ -48,8 +56,9 @@ class DaemonProcess:
             env = {**self.env, "NOTIFY_SOCKET": str(notify_path), **(extra_env or {})}
             log = self.log_path.open("ab")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "broker", "serve", "--log-level", "debug", *args],
+                [*command, "serve", "--log-level", "debug", *args],
                 env=env,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
