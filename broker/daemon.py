@@ -35,6 +35,7 @@ from broker.model import CredentialKey
 from broker.proxy import AuthProxy
 from broker.proxy_auth import load_or_create_key
 from broker.refresher import Refresher
+from broker.sanitize import printable
 from broker.sdnotify import notify
 from broker.server import MAX_REQUEST_BYTES, bind_unix_socket, guarded_routes
 from broker.store.base import Store
@@ -272,8 +273,19 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_one_printable_line)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(_no_request_dumps)
+
+
+def _one_printable_line(record: logging.LogRecord) -> bool:
+    """A message quoting outside text (an account name an upstream chose) cannot forge lines or escapes."""
+    message = record.getMessage()
+    cleaned = printable(message)
+    if cleaned is not message:
+        record.msg, record.args = cleaned, None
+    return True
 
 
 def _no_request_dumps(record: logging.LogRecord) -> bool:

@@ -31,6 +31,7 @@ from yarl import URL
 from broker.errors import BadRequest, BrokerError, Forbidden, UpstreamUnavailable
 from broker.model import Credential
 from broker.proxy_auth import KEY_HEADERS, holds_key
+from broker.sanitize import upstream_text
 from broker.server import error_response
 from providers.base import Provider
 from providers.registry import Registry
@@ -265,11 +266,12 @@ def _query(client_query: str, required: Mapping[str, str]) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why an upstream failed, in words safe to log and answer with (they may quote the upstream)."""
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or str(exc.os_error)
-    return str(exc) or type(exc).__name__
+        return upstream_text(exc.os_error.strerror or exc.os_error)
+    return upstream_text(exc) or type(exc).__name__
 
 
 @web.middleware

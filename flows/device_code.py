@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+from broker.sanitize import printable
 from flows.errors import OAuthError, TransportError
 from flows.http import HttpClient
 from flows.token import OAuthClient, TokenSet, request_token
@@ -123,9 +124,9 @@ async def authorize(http: HttpClient, device: DeviceClient) -> DeviceAuthorizati
     try:
         return DeviceAuthorization(
             device_code=str(data["device_code"]),
-            user_code=str(data["user_code"]),
-            verification_uri=str(data.get("verification_uri") or data["verification_url"]),
-            verification_uri_complete=data.get("verification_uri_complete") or None,
+            user_code=printable(str(data["user_code"])),
+            verification_uri=printable(str(data.get("verification_uri") or data["verification_url"])),
+            verification_uri_complete=printable(str(data.get("verification_uri_complete") or "")) or None,
             expires_in=float(data.get("expires_in") or 900),
             interval=float(data.get("interval") or DEFAULT_INTERVAL),
             code_verifier=verifier,

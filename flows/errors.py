@@ -5,14 +5,20 @@
      ├── TransportError   no usable answer: network fault, timeout, 5xx/429, non-JSON body
      └── RedirectError    the loopback redirect was unusable (state mismatch, no code)
 
-Messages never contain a token: only the server's error code and description.
+Messages never contain a token: only the server's error code and description, and
+those are upstream text: cleaned (``broker.sanitize``) before anything can log or show them.
 """
 
 from __future__ import annotations
 
+from broker.sanitize import upstream_text
+
 
 class FlowError(Exception):
-    """Base of every error a flow raises."""
+    """Base of every error a flow raises; its message is made safe to log and print."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(upstream_text(message))
 
 
 class OAuthError(FlowError):
@@ -21,13 +27,12 @@ class OAuthError(FlowError):
     def __init__(
         self, error: str, description: str | None = None, status: int = 400, *, interval: float | None = None
     ) -> None:
-        self.error = error
-        self.description = description
+        self.error = upstream_text(error)
+        self.description = None if description is None else upstream_text(description)
         self.status = status
         self.interval = interval
         """``slow_down`` only: the poll interval the server asks for from now on (GitHub sends one)."""
-        text = error if not description else f"{error}: {description}"
-        super().__init__(text)
+        super().__init__(self.error if not self.description else f"{self.error}: {self.description}")
 
 
 class TransportError(FlowError):

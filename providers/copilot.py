@@ -25,6 +25,7 @@ from typing import Any
 from broker.config import Section
 from broker.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
 from broker.model import Credential
+from broker.sanitize import upstream_text
 from flows import device_code, pat
 from flows.device_code import DeviceAuthorization, DeviceClient
 from flows.errors import FlowError, OAuthError, TransportError
@@ -346,7 +347,7 @@ def _github_reason(response: HttpResponse) -> str:
     details = body.get("error_details")
     parts = [details.get("notification_id"), details.get("message")] if isinstance(details, dict) else []
     words = [p for p in (*parts, body.get("message")) if isinstance(p, str) and p]
-    return ": ".join(dict.fromkeys(words[:2]))[:300] or f"HTTP {response.status}"
+    return upstream_text(": ".join(dict.fromkeys(words[:2]))) or f"HTTP {response.status}"
 
 
 def _number(value: object) -> float | None:

@@ -25,6 +25,7 @@ from typing import Any
 from broker.config import Section
 from broker.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
 from broker.model import Credential
+from broker.sanitize import upstream_text
 from flows import pat
 from flows.errors import FlowError, OAuthError, TransportError
 from flows.http import HttpResponse
@@ -325,7 +326,7 @@ def _gitlab_message(body: Mapping[str, Any]) -> str | None:
     value = body.get("message", body.get("error"))
     if isinstance(value, dict):
         value = "; ".join(str(v) for v in value.values())
-    return str(value)[:300] if value else None
+    return upstream_text(value) if value else None
 
 
 def _number(value: object) -> float | None:

@@ -20,6 +20,7 @@ from broker.cli.connect import client
 from broker.cli.main import report
 from broker.client import quote
 from broker.errors import BadRequest, BrokerError, from_wire
+from broker.sanitize import printable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +72,7 @@ def _secret(args: argparse.Namespace) -> str | None:
 
 
 def _handle(args: argparse.Namespace, event: dict[str, Any], stop: threading.Event) -> int | None:
+    event = {name: printable(value) if isinstance(value, str) else value for name, value in event.items()}
     kind = event.get("event")
     if kind == "verify":
         url = event.get("verification_uri_complete") or event["verification_uri"]

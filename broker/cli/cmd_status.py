@@ -8,6 +8,7 @@ import sys
 
 from broker.cli.connect import client
 from broker.cli.timefmt import until
+from broker.sanitize import printable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,13 +26,14 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no credentials yet: broker login NAME   (see: broker providers)")
     for name, account in rows:
-        print(f"{name:<12} {account['account']:<28} {account['state']:<15} expires {until(account['expires_in'])}")
+        shown = printable(account["account"])
+        print(f"{name:<12} {shown:<28} {account['state']:<15} expires {until(account['expires_in'])}")
         print(f"{'':<12} source: {account['source']}")
         error = account.get("last_error")
         if error:
-            print(f"{'':<12} error: {error['code']}: {error['message']}")
+            print(f"{'':<12} error: {printable(error['code'])}: {printable(error['message'])}")
             if error.get("hint"):
-                print(f"{'':<12}        {error['hint']}")
+                print(f"{'':<12}        {printable(error['hint'])}")
     for provider in listing["providers"]:  # local servers: no login, a probe's answer
         if not provider.get("accounts") and provider.get("state") in ("ready", "unreachable"):
             print(f"{provider['name']:<12} {'(local server)':<28} {provider['state']:<15} {provider.get('base_url')}")

@@ -141,7 +141,9 @@ def fast_token_args(argv: Sequence[str]) -> argparse.Namespace | None:
 
 
 def report(exc: BrokerError) -> None:
-    """An error for a person: what is wrong, then what to do."""
-    print(f"broker: {exc.code}: {exc.message}", file=sys.stderr)
+    """An error for a person: what is wrong, then what to do (no control character reaches the terminal)."""
+    from broker.sanitize import printable
+
+    print(f"broker: {printable(exc.code)}: {printable(exc.message)}", file=sys.stderr)
     if exc.hint:
-        print(f"  {exc.hint}", file=sys.stderr)
+        print(f"  {printable(exc.hint)}", file=sys.stderr)
