@@ -17,6 +17,7 @@ import json
 import os
 
 from broker.errors import BrokerError, DaemonUnavailable, from_wire
+from broker.trust import Untrusted
 from broker.wire import Connection, ProtocolError, Response
 
 TYPE_CHECKING = False
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_TIMEOUT = 60.0
+UNTRUSTED_HINT = (
+    "nothing was sent; if that is not your broker, remove it, or set BROKER_SOCKET to your daemon's socket"
+    " (its directory must be yours and closed to others)"
+)
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -106,6 +111,8 @@ class Client:
             return self._conn.request(method, path, payload)
         except (FileNotFoundError, ConnectionRefusedError):
             raise DaemonUnavailable(f"no broker daemon answers on {self.socket_path}") from None
+        except Untrusted as exc:
+            raise DaemonUnavailable(f"refusing to talk to {self.socket_path}: {exc}", UNTRUSTED_HINT) from None
         except (OSError, ProtocolError) as exc:
             raise self._stopped(exc) from None
 
@@ -126,7 +133,12 @@ def get_token(
 async def aget_token(
     provider: str, account: str | None = None, min_ttl: float | None = None, socket_path: Path | str | None = None
 ) -> dict[str, Any]:
-    """``get_token`` for asyncio programs (on aiohttp, imported only when called)."""
-    from broker.aclient import get_token as fetch
+    """``get_token`` for asyncio programs.
 
-    return await fetch(provider, account, min_ttl, socket_path)
+    The same client, in a worker thread: one code path checks who answers on the socket
+    before anything is sent, and a fetch is a millisecond of local I/O that a thread
+    carries without holding up the event loop.
+    """
+    import asyncio
+
+    return await asyncio.to_thread(get_token, provider, account, min_ttl, socket_path)

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,12 +20,12 @@ from pathlib import Path
 from aiohttp import web
 
 from broker.errors import BadRequest, BrokerError, DaemonUnavailable, Forbidden
+from broker.trust import Untrusted, ensure_private_dir, peer_credentials
 
 log = logging.getLogger("broker.server")
 
 MAX_REQUEST_BYTES = 64 * 1024
 _OWN_UID = os.getuid()
-_PEERCRED = struct.Struct("3i")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,8 +51,7 @@ def _read_peer_uid(transport: asyncio.BaseTransport) -> int | None:
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
         return None
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return int(_PEERCRED.unpack(data)[1])
+    return peer_credentials(sock)[1]
 
 
 def guarded_routes(routes: list[web.RouteDef]) -> list[web.RouteDef]:
@@ -138,7 +136,7 @@ def bind_unix_socket(path: Path) -> socket.socket:
     A stale socket left by a killed daemon is replaced; a live one is an error, so
     two daemons never fight over one path.
     """
-    ensure_private_dir(path.parent)
+    ensure_socket_dir(path.parent)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise DaemonUnavailable(f"{path} exists and is not a socket", "remove it or set BROKER_SOCKET")
@@ -157,14 +155,15 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-def ensure_private_dir(directory: Path) -> None:
-    """Create ``directory`` 0700, or tighten one we own; refuse one owned by another uid."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.stat()
-    if info.st_uid != os.getuid():
-        raise DaemonUnavailable(f"{directory} belongs to another user", "set BROKER_SOCKET to a path of yours")
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(directory, 0o700)
+def ensure_socket_dir(directory: Path) -> None:
+    """The socket's directory: made 0700, or one that exists checked (``broker.trust``), never chmodded."""
+    try:
+        ensure_private_dir(directory)
+    except Untrusted as exc:
+        raise DaemonUnavailable(
+            f"cannot listen there: {exc}",
+            "set BROKER_SOCKET (or [daemon] socket) to a path in a directory only you can write to",
+        ) from None
 
 
 def _answers(path: Path) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import socket
 
+from broker.trust import Untrusted, check_daemon
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -86,11 +88,13 @@ class Connection:
         self._closing = False
 
     def connect(self) -> None:
+        """Connect, then check who answers (``broker.trust``) before anything is sent."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
-        except OSError:
+            check_daemon(sock, self.path)
+        except (OSError, Untrusted):
             sock.close()
             raise
         self._sock = sock

@@ -7,9 +7,11 @@ import socket
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from broker.client import Client
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import device_login
@@ -42,11 +44,39 @@ def test_store_key_and_state_dir_are_private(daemon: DaemonProcess, oauth: FakeO
         assert not (daemon.state_dir / "key").exists()
 
 
-def test_a_loose_socket_directory_is_tightened(daemon: DaemonProcess):
-    daemon.socket_path.parent.mkdir(mode=0o755)
-    os.chmod(daemon.socket_path.parent, 0o755)
-    daemon.start()
-    assert mode(daemon.socket_path.parent) == 0o700
+def test_a_directory_broker_did_not_create_keeps_its_mode(daemon: DaemonProcess):
+    """A socket in the home directory: broker must not chmod the user's home."""
+    home = Path(daemon.env["HOME"])
+    os.chmod(home, 0o751)
+    daemon.start(extra_env={"BROKER_SOCKET": str(home / "broker.sock")})
+    assert mode(home) == 0o751
+    assert mode(home / "broker.sock") == 0o600
+    with Client(home / "broker.sock") as client:
+        assert client.request("GET", "/v1/health")["status"] == "ok", "the client trusts a home it owns"
+
+
+def test_missing_directories_are_made_0700_whatever_the_umask(daemon: DaemonProcess):
+    socket_path = daemon.root / "run" / "deep" / "er" / "broker.sock"
+    old = os.umask(0)
+    try:
+        daemon.start(extra_env={"BROKER_SOCKET": str(socket_path)})
+    finally:
+        os.umask(old)
+    assert mode(socket_path.parent) == 0o700 and mode(socket_path.parent.parent) == 0o700
+
+
+@pytest.mark.parametrize("loose", [0o777, 0o1777, 0o770])
+def test_a_socket_directory_others_can_write_to_is_refused_and_left_alone(daemon: DaemonProcess, loose: int):
+    directory = daemon.socket_path.parent
+    directory.mkdir()
+    os.chmod(directory, loose)
+    started = subprocess.run(
+        [sys.executable, "-m", "broker", "serve"], env=daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert started.returncode == 69
+    assert f"{directory} can be written by others (mode {loose:04o})" in started.stderr
+    assert "BROKER_SOCKET" in started.stderr
+    assert mode(directory) == loose
 
 
 def test_stale_socket_from_a_killed_daemon_is_replaced(daemon: DaemonProcess):

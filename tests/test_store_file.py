@@ -69,18 +69,27 @@ def test_state_dir_store_file_and_key_file_are_private(open_file_store, state, u
     assert mode(state / "key") == 0o600
 
 
-def test_loose_state_dir_of_ours_is_tightened(open_file_store, state) -> None:
-    state.mkdir(mode=0o755)
-    os.chmod(state, 0o755)
-    open_file_store()
-    assert mode(state) == 0o700
+def test_a_state_dir_broker_did_not_make_keeps_its_mode(open_file_store, state) -> None:
+    state.mkdir(mode=0o750)
+    os.chmod(state, 0o750)
+    open_file_store().put(credential())
+    assert mode(state) == 0o750
+    assert mode(state / "credentials.enc") == 0o600
+
+
+def test_a_state_dir_others_can_write_to_is_refused(open_file_store, state) -> None:
+    state.mkdir()
+    os.chmod(state, 0o775)
+    with pytest.raises(StoreError, match="can be written by others"):
+        open_file_store()
+    assert mode(state) == 0o775
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the directory to another uid")
 def test_state_dir_of_another_user_is_refused(open_file_store, state) -> None:
     state.mkdir(mode=0o700)
     os.chown(state, 4242, 4242)
-    with pytest.raises(StoreError, match="owned by uid 4242"):
+    with pytest.raises(StoreError, match="belongs to uid 4242"):
         open_file_store()
 
 

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from broker.atomic import replace_atomically
 from broker.errors import StoreError
 from broker.model import Credential, CredentialKey
-from broker.store.keys import KeySource, tighten_mode
+from broker.store.keys import KeySource
+from broker.trust import Untrusted, ensure_private_dir
 
 log = logging.getLogger("broker.store")
 
@@ -63,13 +64,14 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"broker-store key id", hashlib.sha256).hexdigest()[:16]
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create the state directory 0700, or tighten one we own; refuse one we do not."""
+def ensure_state_dir(path: Path) -> None:
+    """The state directory: made 0700, or one that exists checked (``broker.trust``), never chmodded."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(path)
         if not path.is_dir():
             raise StoreError(f"{path} is not a directory")
-        tighten_mode(path, 0o700)
+    except Untrusted as exc:
+        raise StoreError(f"unsafe state directory: {exc}", "use a directory only you can write to") from None
     except OSError as exc:
         raise StoreError(f"cannot create state directory {path}: {exc.strerror}") from None
 
@@ -82,7 +84,7 @@ class FileStore:
     name = "file"
 
     def __init__(self, state_dir: Path, key_source: KeySource, *, note: str = "") -> None:
-        ensure_private_dir(state_dir)
+        ensure_state_dir(state_dir)
         self.path = state_dir / FILE_NAME
         self.key_source = key_source
         self.note = note

@@ -25,6 +25,14 @@ from tests.helpers import device_login
 NOBODY = "65534"
 AS_NOBODY = ["setpriv", "--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"]
 
+RAW_TOKEN_REQUEST = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect(sys.argv[1])
+    sock.sendall(b"GET /v1/token/acme HTTP/1.1\\r\\nHost: broker\\r\\nConnection: close\\r\\n\\r\\n")
+    print(b"".join(iter(lambda: sock.recv(65536), b"")).decode())
+"""
+
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a process as another uid")
 
 
@@ -79,11 +87,16 @@ def test_broker_token_run_as_another_uid_gets_no_token(daemon: DaemonProcess, oa
             os.chmod(daemon.socket_path.parent, 0o755)
             os.chmod(daemon.socket_path, 0o666)
         result = as_nobody(sys.executable, "-m", "broker", "token", "acme", env=env)
-        assert result.returncode != 0
+        assert result.returncode == 69
         assert result.stdout == ""
         assert token not in result.stderr
-        expected = "forbidden" if opened else "daemon_unavailable"
+        # Closed, the directory stops it; opened, the client itself sees whose daemon answers.
+        expected = "is served by uid 0 (root)" if opened else "daemon_unavailable"
         assert expected in result.stderr, result.stderr
+    # A client that skips that check (a raw request) meets the daemon's own peer check.
+    raw = as_nobody(sys.executable, "-c", RAW_TOKEN_REQUEST, str(daemon.socket_path), env=env)
+    assert raw.stdout.startswith("HTTP/1.1 403") and '"forbidden"' in raw.stdout, raw.stdout + raw.stderr
+    assert token not in raw.stdout
     assert "refused a peer with uid=65534" in daemon.log()
 
 
