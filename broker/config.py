@@ -43,13 +43,14 @@ PROXY_HOSTS = ("127.0.0.1", "::1")
 """The auth proxy listens on loopback only."""
 DEFAULT_REFRESH_MARGIN = 60.0
 DEFAULT_HTTP_TIMEOUT = 30.0
+DEFAULT_HEADER_TIMEOUT = 10.0
 FILE_HINT = "fix the file, or point BROKER_CONFIG at another one"
 _TOP_LEVEL = {
     "daemon": ("socket", "log_level"),
     "store": ("backend", "state_dir"),
     "refresh": ("margin",),
     "http": ("timeout",),
-    "proxy": ("port", "host"),
+    "proxy": ("port", "host", "header_timeout"),
     "providers": None,  # each provider's keys are checked by the provider itself
 }
 
@@ -645,6 +646,8 @@ class Settings:
     proxy_port: int | None = None
     """The auth proxy's port (0: any free one); ``None``: no proxy."""
     proxy_host: str = "127.0.0.1"
+    proxy_header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    """Seconds a proxy connection may take to send a request with the proxy key."""
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     """Seconds one outbound request (refresh, login step, probe) may take in all."""
 
@@ -688,6 +691,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         providers=providers,
         proxy_port=tables["proxy"].int("port", min=0, max=65535) if "port" in tables["proxy"] else None,
         proxy_host=tables["proxy"].choice("host", PROXY_HOSTS, "127.0.0.1"),
+        proxy_header_timeout=tables["proxy"].float("header_timeout", DEFAULT_HEADER_TIMEOUT, min=0.1, max=600),
         http_timeout=tables["http"].float("timeout", DEFAULT_HTTP_TIMEOUT, min=0.1, max=600),
     )
 

@@ -10,12 +10,14 @@ import asyncio
 import base64
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +31,7 @@ from broker.followed import FollowedFiles
 from broker.inflight import InFlight
 from broker.journal import SECRET_NAME as JOURNAL_SECRET
 from broker.journal import Journal
+from broker.log_throttle import Throttle, ThrottleFilter
 from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.model import CredentialKey
@@ -158,11 +161,17 @@ class Daemon:
 
     async def _start_proxy(self, api: Api) -> None:
         """The auth proxy, when ``--proxy-port`` or ``[proxy] port`` asks for it; its key lives in the store."""
-        if self.settings.proxy_port is None or self.store is None:
+        settings = self.settings
+        if settings.proxy_port is None or self.store is None:
             return
         key = await load_or_create_key(self.store)
         proxy = AuthProxy(
-            api.fresh_token, self.registry, key, host=self.settings.proxy_host, port=self.settings.proxy_port
+            api.fresh_token,
+            self.registry,
+            key,
+            host=settings.proxy_host,
+            port=settings.proxy_port,
+            header_timeout=settings.proxy_header_timeout,
         )
         await proxy.start()
         self.proxy = api.proxy = proxy
@@ -249,9 +258,11 @@ def _journal_key(store: Store) -> bytes:
 
 async def run(settings: Settings) -> int:
     """``broker serve``: run until SIGTERM or SIGINT."""
+    raise_file_limit()
     daemon = Daemon(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_error)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
@@ -267,6 +278,36 @@ async def run(settings: Settings) -> int:
     return 0
 
 
+MAX_OPEN_FILES = 65536
+
+
+def raise_file_limit() -> None:
+    """The soft open-files limit up to the hard one (at most ``MAX_OPEN_FILES``).
+
+    systemd and most shells start processes with a soft limit of 1024: a thousand idle
+    connections (any local user can open them to the proxy) would use them all, and then
+    the owner's socket could accept no one. Raising the soft limit needs no privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+_accept_failures = Throttle(limit=1)
+
+
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio reports a failed accept() once per backlog slot, each with a traceback: one line will do."""
+    exc = context.get("exception")
+    if context.get("message") != "socket.accept() out of system resource" or not isinstance(exc, OSError):
+        loop.default_exception_handler(context)
+        return
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    message = "cannot accept connections: %s (open files limit %d); new ones wait until some close"
+    _accept_failures.log(log, logging.ERROR, message, exc.strerror or exc, limit)
+
+
 def configure_logging(level: str) -> None:
     """One line per event on stderr; journald adds the time when systemd runs us."""
     logging.basicConfig(
@@ -277,6 +318,7 @@ def configure_logging(level: str) -> None:
         handler.addFilter(_one_printable_line)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(_no_request_dumps)
+    logging.getLogger("aiohttp.server").addFilter(ThrottleFilter())  # anyone may send malformed requests
 
 
 def _one_printable_line(record: logging.LogRecord) -> bool:

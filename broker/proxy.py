@@ -6,18 +6,23 @@ the proxy swaps that key for the provider's current token and required headers o
 every request and streams the answer back as it arrives (SSE included), so a token
 that rotates every 25 minutes (Copilot) never reaches the tool.
 
-- Loopback only; the proxy key is required (401 without it, nothing forwarded).
-- The client's auth and hop-by-hop headers are dropped; the provider's are set.
+- Loopback only; the proxy key is required (401 without it, nothing forwarded, the
+  connection closed); until a connection shows it, ``broker.proxy_guard`` keeps it short.
+- The client's auth and hop-by-hop headers are dropped, and so is every header or query
+  parameter carrying the proxy key; the provider's are set.
+- A path is checked as the upstream may read it: decoded (repeatedly), ``\\`` as ``/``,
+  ``;parameters`` dropped; a ``.`` or ``..`` segment is refused.
 - A client that goes away cancels the handler (aiohttp's handler cancellation), and
   with it the upstream request.
 - One log line per request, naming provider, method, path and status: never a key
-  or a query string.
+  or a query string. Refused requests log at a bounded rate (``broker.log_throttle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -28,10 +33,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from broker.config import DEFAULT_HEADER_TIMEOUT
 from broker.errors import BadRequest, BrokerError, Forbidden, UpstreamUnavailable
+from broker.log_throttle import Throttle
 from broker.model import Credential
-from broker.proxy_auth import KEY_HEADERS, holds_key
-from broker.sanitize import upstream_text
+from broker.proxy_auth import KEY_HEADERS, holds_key, query_without_key
+from broker.proxy_guard import Guard, GuardedSite, seats
+from broker.sanitize import printable, upstream_text
 from broker.server import error_response
 from providers.base import Provider
 from providers.registry import Registry
@@ -53,6 +61,9 @@ HOP_BY_HOP = frozenset(
 """RFC 9110 §7.6.1 connection-specific fields, plus what aiohttp sets itself."""
 CLIENT_AUTH = frozenset({"authorization", *KEY_HEADERS})
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+SHOWN_PATH = 200
+"""Characters of a request's path a log line shows."""
+MAX_DECODINGS = 4
 
 FreshToken = Callable[[str, str | None, float], Awaitable[tuple[Provider, Credential]]]
 """``(provider, account, min_ttl) -> (provider, credential)``: what ``/v1/token`` serves."""
@@ -67,6 +78,7 @@ class AuthProxy:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the proxy listens on loopback only, not {host}")
@@ -77,6 +89,8 @@ class AuthProxy:
         self.port = port
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._refusals = Throttle()
+        self._guard = Guard(seats(), header_timeout)
 
     @property
     def base_url(self) -> str:
@@ -96,16 +110,16 @@ class AuthProxy:
         app.router.add_route("*", "/{provider}", self.forward)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=SHUTDOWN_TIMEOUT)
         try:
-            await site.start()
+            sock = socket.create_server((self.host, self.port), family=_family(self.host), backlog=socket.SOMAXCONN)
+            await GuardedSite(self._runner, sock, self._guard, access_log=None).start()
         except OSError as exc:
             await self.stop()
             raise BrokerError(
                 f"the proxy cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
                 "pick another port: broker serve --proxy-port PORT, or [proxy] port in the config",
             ) from None
-        self.port = int(self._runner.addresses[0][1])
+        self.port = int(sock.getsockname()[1])
         log.info("proxy listening on %s", self.base_url)
 
     async def stop(self) -> None:
@@ -153,27 +167,32 @@ class AuthProxy:
         name, account = self._target(request.match_info["provider"])
         path, _, query = request.raw_path.partition("?")  # raw: the client's percent-encoding is kept
         tail = path.split("/", 2)[2] if path.count("/") >= 2 else ""
-        shown = f"/{name}/{tail}"  # for log lines: never the query string, which may carry a key
-        if not holds_key(request.headers, self.key):
-            log.warning("proxy refused %s %s: no or wrong proxy key", request.method, shown)
-            return error_response(
+        shown = printable(f"/{name}/{tail}")[:SHOWN_PATH]  # for log lines: never the query string
+        if not holds_key(request.headers, self.key, query):
+            refusal = "proxy refused %s %s: no or wrong proxy key"
+            self._refusals.log(log, logging.WARNING, refusal, request.method, shown)
+            refused = error_response(
                 Forbidden(
                     "the proxy needs its key (Authorization: Bearer, x-api-key or api-key)",
                     f"get it with: broker env {name} --proxy",
                 ),
                 status=401,
             )
+            refused.force_close()  # a key-less connection gets one answer, not a seat
+            return refused
+        self._guard.trust(request.protocol)
         provider = self.registry().get(name)
         self._check_allowed(provider)
-        if any(unquote(part) in (".", "..") for part in tail.split("/")):
-            raise BadRequest("the path may not contain '.' or '..' segments")
+        if climbs_out(tail):
+            raise BadRequest("the path may not contain '.' or '..' segments, however encoded")
         provider, credential = await self.fresh(name, account, MIN_TTL)
         served = provider.served(credential)
         base_url = served.get("base_url")
         if not base_url:
             raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
-        url = URL(f"{str(base_url).rstrip('/')}/{tail}" + _query(query, served.get("query") or {}), encoded=True)
-        headers = _upstream_headers(request.headers, served, credential.access_token)
+        query = _query(query_without_key(query, self.key), served.get("query") or {})
+        url = URL(f"{str(base_url).rstrip('/')}/{tail}" + query, encoded=True)
+        headers = _upstream_headers(request.headers, served, credential.access_token, self.key)
         body = await request.read()
         assert self._session is not None
         try:
@@ -239,14 +258,16 @@ async def _relay(
     return response
 
 
-def _upstream_headers(incoming: Mapping[str, str], served: Mapping[str, Any], token: str) -> CIMultiDict[str]:
-    """The client's headers without hop-by-hop and auth ones, plus the provider's auth and headers."""
+def _upstream_headers(
+    incoming: Mapping[str, str], served: Mapping[str, Any], token: str, proxy_key: str
+) -> CIMultiDict[str]:
+    """The client's headers without hop-by-hop, auth or proxy-key-carrying ones; the provider's auth and headers."""
     provider_headers: Mapping[str, str] = served.get("headers") or {}
     named_by_connection = {h.strip().lower() for h in incoming.get("Connection", "").split(",") if h.strip()}
     dropped = HOP_BY_HOP | CLIENT_AUTH | named_by_connection | {h.lower() for h in provider_headers}
     headers: CIMultiDict[str] = CIMultiDict()
     for header, value in incoming.items():
-        if header.lower() not in dropped:
+        if header.lower() not in dropped and proxy_key not in value:
             headers.add(header, value)
     headers.update(provider_headers)
     auth = served.get("auth", "bearer")
@@ -263,6 +284,28 @@ def _query(client_query: str, required: Mapping[str, str]) -> str:
     extra = urlencode({k: v for k, v in required.items() if k not in given})
     joined = "&".join(part for part in (client_query, extra) if part)
     return f"?{joined}" if joined else ""
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def climbs_out(tail: str) -> bool:
+    """A ``.`` or ``..`` segment however spelt: percent-encoded (even twice), ``\\`` as separator, ``..;/``.
+
+    The upstream, or a server behind it, may decode once more, split on backslashes or drop
+    ``;parameters``; what any of them could read as a step up is refused. So is a NUL.
+    """
+    decoded = tail
+    for _ in range(MAX_DECODINGS):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        return True  # still encoded after that many rounds: nobody legitimate does this
+    segments = decoded.replace("\\", "/").split("/")
+    return "\0" in decoded or any(segment.split(";", 1)[0] in (".", "..") for segment in segments)
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
 """The local proxy's own key: made once with ``secrets``, kept in the store, checked in constant time.
 
 Clients send it the way their SDK sends any key (``Authorization: Bearer``,
-``x-api-key``, Azure's ``api-key`` or Gemini's ``x-goog-api-key``); every one of
-those headers is removed before a request goes upstream, so the key never leaves
-the machine.
+``x-api-key``, Azure's ``api-key``, Gemini's ``x-goog-api-key`` or its ``?key=``
+query parameter); every one of those places is emptied before a request goes
+upstream, and so is any other header or query parameter that carries the key, so
+the key never leaves the machine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Mapping
+from urllib.parse import unquote_plus
 
 from broker.errors import StoreError
 from broker.store.base import Store
@@ -47,18 +49,44 @@ async def load_or_create_key(store: Store) -> str:
     return key
 
 
-def presented_keys(headers: Mapping[str, str]) -> list[str]:
-    """Every key a request carries, in whichever header its SDK uses."""
+KEY_PARAMETER = "key"
+"""The query parameter Gemini's clients send a key in."""
+
+
+def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
+    """Every key a request carries, in whichever header (or ``?key=``) its SDK uses."""
     found = []
     scheme, _, value = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         found.append(value.strip())
     found.extend(headers[name] for name in KEY_HEADERS if headers.get(name))
+    found.extend(value for name, value in _parameters(query) if name == KEY_PARAMETER and value)
     return found
 
 
-def holds_key(headers: Mapping[str, str], key: str) -> bool:
+def holds_key(headers: Mapping[str, str], key: str, query: str = "") -> bool:
     """True when any presented key is the proxy key (compared in constant time)."""
-    expected = key.encode()
-    presented = (candidate.encode("utf-8", "surrogateescape") for candidate in presented_keys(headers))
-    return any(hmac.compare_digest(candidate, expected) for candidate in presented)
+    return any(_same(candidate, key) for candidate in presented_keys(headers, query))
+
+
+def query_without_key(query: str, key: str) -> str:
+    """The raw query string, as the client encoded it, minus ``key=`` and any parameter carrying the proxy key."""
+    kept = [
+        part
+        for part, (name, value) in zip(query.split("&"), _parameters(query), strict=True)
+        if name != KEY_PARAMETER and key not in value
+    ]
+    return "&".join(part for part in kept if part)
+
+
+def _parameters(query: str) -> list[tuple[str, str]]:
+    """Each ``&``-separated part of a raw query, decoded; one pair per part, so the two lists line up."""
+    pairs = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        pairs.append((unquote_plus(name), unquote_plus(value)))
+    return pairs
+
+
+def _same(candidate: str, key: str) -> bool:
+    return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), key.encode())

@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from broker.errors import BadRequest, BrokerError, DaemonUnavailable, Forbidden
+from broker.log_throttle import Throttle
 from broker.trust import Untrusted, ensure_private_dir, peer_credentials
 
 log = logging.getLogger("broker.server")
@@ -28,6 +29,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 _OWN_UID = os.getuid()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_refusals = Throttle()
 
 
 _peer_uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int | None] = weakref.WeakKeyDictionary()
@@ -74,7 +76,7 @@ def _guard(handler: Handler) -> Handler:
         """
         uid = peer_uid(request)
         if uid != _OWN_UID:
-            log.warning("refused a peer with uid=%s", uid)
+            _refusals.log(log, logging.WARNING, "refused a peer with uid=%s", uid)
             return error_response(Forbidden("only the user who runs the daemon may use it"))
         try:
             return await handler(request)
