@@ -13,15 +13,19 @@ from typing import Any
 from aiohttp import web
 
 from broker import __version__
+from broker.audit import AuditTrail
+from broker.caller_policy import allows, refusal, restricted
+from broker.callers import Peer
 from broker.clock import Clock
 from broker.credentials import CredentialSet
 from broker.errors import BadRequest, BrokerError, NotLoggedIn, UnknownProvider
+from broker.log_throttle import Throttle
 from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
 from broker.proxy import AuthProxy
 from broker.refresher import WAIT_LIMIT, Refresher
-from broker.server import read_json
+from broker.server import peer_of, read_json
 from providers.base import LoginRequest, Provider
 from providers.registry import Registry
 
@@ -42,6 +46,8 @@ class Api:
     store_description: Callable[[], str]
     proxy: AuthProxy | None = None
     """The auth-injecting local proxy, when it runs."""
+    audit: AuditTrail | None = None
+    _refusals: Throttle = field(default_factory=Throttle)
     _encoded: dict[CredentialKey, tuple[Credential, Provider, int | None, bytes]] = field(default_factory=dict)
 
     def routes(self) -> list[web.RouteDef]:
@@ -54,6 +60,7 @@ class Api:
             web.delete("/v1/credentials/{provider}", self.logout),
             web.post("/v1/refresh/{provider}", self.refresh),
             web.get("/v1/proxy/{provider}", self.proxy_client),
+            web.get("/v1/audit", self.audit_entries),
             web.get("/metrics", self.prometheus),
         ]
 
@@ -75,17 +82,44 @@ class Api:
             query = request.query
             min_ttl = _number(query.get("min_ttl"), "min_ttl", DEFAULT_MIN_TTL)
             account = query.get("account")
-        provider, credential = await self.fresh_token(request.match_info["provider"], account, min_ttl)
+        name = request.match_info["provider"]
+        provider, credential = await self.fresh_token(name, account, min_ttl, peer_of(request))
         body = self._token_bytes(provider, credential)
         return web.Response(body=body, content_type="application/json", charset="utf-8")
 
-    async def fresh_token(self, name: str, account: str | None, min_ttl: float) -> tuple[Provider, Credential]:
-        """What ``/v1/token`` and the proxy serve; servers without auth need no stored login."""
+    async def fresh_token(
+        self, name: str, account: str | None, min_ttl: float, peer: Peer
+    ) -> tuple[Provider, Credential]:
+        """What ``/v1/token`` and the proxy serve to ``peer``, if its ``callers`` let it; audited."""
         provider = self.registry().get(name)
+        if restricted(provider.callers):
+            self._check_caller(provider, peer)
         if not provider.needs_credential:
             return provider, provider.keyless_credential()
-        key = self.key_of(provider, account)
-        return provider, await self.refresher.fresh(key, min_ttl)
+        credential = await self.refresher.fresh(self.key_of(provider, account), min_ttl)
+        if self.audit is not None:
+            self.audit.handed_out(peer, credential)
+        return provider, credential
+
+    def _check_caller(self, provider: Provider, peer: Peer) -> None:
+        callers = provider.callers or ()
+        if not allows(callers, peer.caller):
+            refused = refusal(provider.name, callers, peer.caller, provider.terms)
+            self._refusals.log(log, logging.WARNING, "refused %s: %s", provider.name, refused.message)
+            raise refused
+
+    async def audit_entries(self, request: web.Request) -> web.Response:
+        """``GET /v1/audit[?provider=&since=&fingerprint=]``: the audit trail's entries, oldest first."""
+        if self.audit is None:
+            raise BadRequest("this daemon keeps no audit trail")
+        query = request.query
+        since = query.get("since")
+        entries = await self.audit.entries(
+            provider=query.get("provider"),
+            since=None if since is None else _epoch(since),
+            fingerprint=query.get("fingerprint"),
+        )
+        return web.json_response({"entries": entries})
 
     async def proxy_client(self, request: web.Request) -> web.Response:
         """The proxy's base URL for a provider and its key, shaped like a token answer."""
@@ -318,6 +352,13 @@ def _number(raw: str | None, name: str, default: float) -> float:
     if not 0 <= value <= 86400:
         raise BadRequest(f"{name} must be between 0 and 86400")
     return value
+
+
+def _epoch(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadRequest("since must be a time in seconds since the epoch") from None
 
 
 def _optional_str(body: dict[str, Any], key: str) -> str | None:

@@ -23,6 +23,8 @@ import aiohttp
 from aiohttp import web
 
 from broker.api import Api
+from broker.audit import FILE_NAME as AUDIT_FILE
+from broker.audit import AuditTrail
 from broker.clock import Clock, SystemClock
 from broker.config import Settings, load_settings
 from broker.credentials import CredentialSet
@@ -104,6 +106,7 @@ class Daemon:
             session=self._session, now=self.clock.now, sleep=self.clock.sleep, timeout=self.settings.http_timeout
         )
         self.metrics = Metrics()
+        self.audit = AuditTrail(self.settings.state_dir / AUDIT_FILE, self.clock)
         self.refresher = Refresher(
             self.credentials,
             self.registry,
@@ -113,11 +116,19 @@ class Daemon:
             metrics=self.metrics,
             inflight=InFlight(self.settings.state_dir),
             journals=await self._journals(),
+            audit=self.audit,
         )
         self.logins = Logins(self.registry, self.credentials, self.refresher, context)
         store = self.store
         api = Api(
-            self.registry, self.credentials, self.refresher, self.logins, self.metrics, self.clock, store.describe
+            self.registry,
+            self.credentials,
+            self.refresher,
+            self.logins,
+            self.metrics,
+            self.clock,
+            store.describe,
+            audit=self.audit,
         )
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.add_routes(guarded_routes(api.routes()))
@@ -205,6 +216,7 @@ class Daemon:
             servers.append(self.proxy.stop())
         await asyncio.gather(*servers)  # in-flight requests of both finish in the same window
         await self.refresher.close()
+        await self.audit.flush()
         if self._session is not None:
             await self._session.close()
         if self.socket_path is not None:

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
@@ -33,6 +34,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from broker.caller_policy import restricted
+from broker.callers import Peer
 from broker.config import DEFAULT_HEADER_TIMEOUT
 from broker.errors import BadRequest, BrokerError, Forbidden, UpstreamUnavailable
 from broker.log_throttle import Throttle
@@ -65,8 +68,8 @@ SHOWN_PATH = 200
 """Characters of a request's path a log line shows."""
 MAX_DECODINGS = 4
 
-FreshToken = Callable[[str, str | None, float], Awaitable[tuple[Provider, Credential]]]
-"""``(provider, account, min_ttl) -> (provider, credential)``: what ``/v1/token`` serves."""
+FreshToken = Callable[[str, str | None, float, Peer], Awaitable[tuple[Provider, Credential]]]
+"""``(provider, account, min_ttl, peer) -> (provider, credential)``: what ``/v1/token`` serves."""
 
 
 class AuthProxy:
@@ -91,6 +94,7 @@ class AuthProxy:
         self._session: aiohttp.ClientSession | None = None
         self._refusals = Throttle()
         self._guard = Guard(seats(), header_timeout)
+        self._peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
 
     @property
     def base_url(self) -> str:
@@ -185,7 +189,7 @@ class AuthProxy:
         self._check_allowed(provider)
         if climbs_out(tail):
             raise BadRequest("the path may not contain '.' or '..' segments, however encoded")
-        provider, credential = await self.fresh(name, account, MIN_TTL)
+        provider, credential = await self.fresh(name, account, MIN_TTL, self._peer(request))
         served = provider.served(credential)
         base_url = served.get("base_url")
         if not base_url:
@@ -225,6 +229,22 @@ class AuthProxy:
                 f"{provider.name} is not served through the proxy: its terms allow only its own client",
                 f"use {provider.name}'s own CLI; broker keeps its login fresh for it",
             )
+        if restricted(provider.callers):  # TCP tells no pid: the proxy cannot tell its callers apart
+            raise Forbidden(
+                f"{provider.name} is not served through the proxy: its callers are limited",
+                f"use broker token from an allowed program, or drop callers under [providers.{provider.name}]",
+            )
+
+    def _peer(self, request: web.Request) -> Peer:
+        """The connection's peer, for the audit: TCP gives an address, not a process."""
+        transport = request.transport
+        if transport is None:
+            return Peer("proxy")
+        peer = self._peers.get(transport)
+        if peer is None:
+            host, port = transport.get_extra_info("peername")[:2]
+            peer = self._peers[transport] = Peer("proxy", address=f"{host}:{port}")
+        return peer
 
 
 async def _relay(

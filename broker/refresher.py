@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from broker.audit import AuditTrail
 from broker.clock import Clock
 from broker.credentials import CredentialSet
 from broker.errors import BrokerError, LoginRequired, NotLoggedIn, RefreshFailed, StoreError
@@ -102,8 +103,10 @@ class Refresher:
         metrics: Metrics | None = None,
         inflight: InFlight | None = None,
         journals: Callable[[CredentialKey], Journal] | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.credentials = credentials
+        self.audit = audit
         self.inflight = inflight
         self.journals = journals
         """Each credential's journal; ``None``: refresh requests go out from this process itself."""
@@ -241,9 +244,10 @@ class Refresher:
             self._settled.notify_all()
 
     async def _refresh_once(self, key: CredentialKey, recover: bool = False) -> Credential:
-        result = "ok"
+        result, fresh = "ok", None
         try:
-            return await self._attempt(key, await self._journaled_answer(key) if recover else None)
+            fresh = await self._attempt(key, await self._journaled_answer(key) if recover else None)
+            return fresh
         except BrokerError as exc:
             result = exc.code
             raise
@@ -252,6 +256,8 @@ class Refresher:
             raise
         finally:
             self.metrics.refreshes[(key[0], result)] += 1
+            if self.audit is not None:
+                self.audit.refreshed(key, fresh, result)
             self.status(key).attempts += 1
             await self._changed()
 

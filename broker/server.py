@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from broker.callers import Peer
 from broker.errors import BadRequest, BrokerError, DaemonUnavailable, Forbidden
 from broker.log_throttle import Throttle
 from broker.trust import Untrusted, ensure_private_dir, peer_credentials
@@ -32,28 +33,29 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _refusals = Throttle()
 
 
-_peer_uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int | None] = weakref.WeakKeyDictionary()
-"""Each open connection's peer uid: SO_PEERCRED is fixed at connect(), so one read a connection will do."""
+_peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
+"""Each open connection's peer: SO_PEERCRED is fixed at connect(), so one read a connection will do."""
 
 
-def peer_uid(request: web.Request) -> int | None:
-    """The uid of the process on the other end of the Unix socket (SO_PEERCRED)."""
+def peer_of(request: web.Request) -> Peer:
+    """The process on the other end of the Unix socket: pid and uid from SO_PEERCRED, the rest on demand."""
     transport = request.transport
     if transport is None:
-        return None
+        return Peer("socket")
     try:
-        return _peer_uids[transport]
+        return _peers[transport]
     except KeyError:
-        uid = _read_peer_uid(transport)
-    _peer_uids[transport] = uid
-    return uid
+        peer = _read_peer(transport)
+    _peers[transport] = peer
+    return peer
 
 
-def _read_peer_uid(transport: asyncio.BaseTransport) -> int | None:
+def _read_peer(transport: asyncio.BaseTransport) -> Peer:
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    return peer_credentials(sock)[1]
+        return Peer("socket")
+    pid, uid, _ = peer_credentials(sock)
+    return Peer("socket", pid=pid, uid=uid)
 
 
 def guarded_routes(routes: list[web.RouteDef]) -> list[web.RouteDef]:
@@ -74,7 +76,7 @@ def _guard(handler: Handler) -> Handler:
         No blanket timeout: the only wait that could last (a refresh in flight) is
         bounded where it happens (``Refresher.fresh``); the fast path pays nothing.
         """
-        uid = peer_uid(request)
+        uid = peer_of(request).uid
         if uid != _OWN_UID:
             _refusals.log(log, logging.WARNING, "refused a peer with uid=%s", uid)
             return error_response(Forbidden("only the user who runs the daemon may use it"))

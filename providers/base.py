@@ -70,6 +70,19 @@ class FollowSettings:
 
 
 FOLLOW_KEYS = ("follow", "file", "write_back", "prefer")
+SHARED_KEYS = (*FOLLOW_KEYS, "callers")
+"""Keys every ``[providers.NAME]`` table may have, read by the registry."""
+
+
+def callers_problem(entry: str) -> str | None:
+    """Why ``entry`` is no valid ``callers`` entry (see ``broker.caller_policy``); ``None`` when it is one."""
+    if not entry.strip():
+        return "an empty entry names nobody"
+    if entry.startswith("unit:") and not entry[5:]:
+        return 'unit: needs a unit name, like "unit:agent.service"'
+    if entry.startswith("cgroup:") and not entry[7:].startswith("/"):
+        return 'cgroup: needs an absolute cgroup path, like "cgroup:/user.slice"'
+    return None
 
 
 class Provider(abc.ABC):
@@ -93,6 +106,10 @@ class Provider(abc.ABC):
     follow: FollowSettings = FollowSettings()
     wire: Wire | None = None
     """A built-in's official-client facts (``providers.wire``); its ``headers`` are served with every token."""
+    callers: tuple[str, ...] | None = None
+    """Which of the user's processes may take its tokens (``[providers.NAME] callers``); ``None``: any."""
+    terms: str | None = None
+    """Why its default ``callers`` are what they are: the provider's own rule, in a sentence."""
 
     def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
         """The CLI files this provider can follow, at their effective paths; none by default."""
@@ -140,5 +157,6 @@ class Provider(abc.ABC):
             "login": f"broker login {self.name}",
             "secret_prompt": self.secret_prompt,
             "secret_env": self.secret_env,
+            "callers": None if self.callers is None else list(self.callers),
             **(self.wire.describe() if self.wire else {}),
         }

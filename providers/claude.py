@@ -70,6 +70,8 @@ class ClaudeProvider(Provider):
     wire: Wire = WIRE
     proxy: str | None = None
     proxy_allowed: bool = False
+    callers: tuple[str, ...] | None = ("claude",)  # and what it starts: Claude Code's apiKeyHelper, for one
+    terms: str | None = "Anthropic allows this login only in Claude Code"
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> ClaudeProvider:

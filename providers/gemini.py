@@ -67,6 +67,8 @@ class GeminiProvider(Provider):
     client_secret: str = field(default=CLIENT_SECRET, repr=False)
     proxy: str | None = None
     proxy_allowed: bool = False
+    callers: tuple[str, ...] | None = ("gemini",)  # and what it starts: Claude Code's apiKeyHelper, for one
+    terms: str | None = "Google allows Gemini CLI's login only in Gemini CLI"
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> GeminiProvider:

@@ -14,7 +14,7 @@ from broker.config import Section
 from broker.errors import UnknownProvider
 from providers import apikey, local
 from providers.apikey import ApiKeyProvider
-from providers.base import FOLLOW_KEYS, FollowSettings, Provider
+from providers.base import SHARED_KEYS, FollowSettings, Provider, callers_problem
 from providers.claude import ClaudeProvider
 from providers.codex import CodexProvider
 from providers.copilot import CopilotProvider
@@ -72,23 +72,30 @@ def build_registry(providers: Section) -> Registry:
     """Every built-in (with its overrides), then one provider per other ``[providers.NAME]``."""
     built: dict[str, Provider] = {}
     for name, factory in BUILTINS.items():
-        built[name] = _with_follow_settings(factory, name, providers.section(name))
+        built[name] = _with_shared_settings(factory, name, providers.section(name))
     for name, section in providers.sections().items():
         if name not in BUILTINS:
             kind = section.choice("type", tuple(CONFIG_TYPES))
-            built[name] = _with_follow_settings(CONFIG_TYPES[kind], name, section)
+            built[name] = _with_shared_settings(CONFIG_TYPES[kind], name, section)
     return Registry(built)
 
 
-def _with_follow_settings(factory: ProviderFactory, name: str, section: Section) -> Provider:
-    """Read the keys every provider shares, then let the provider read the rest."""
+def _with_shared_settings(factory: ProviderFactory, name: str, section: Section) -> Provider:
+    """Read the keys every provider shares (following a CLI's file, ``callers``); the provider reads the rest."""
     follow = FollowSettings(
         enabled=section.bool("follow", True),
         file=section.local_path("file") if "file" in section else None,
         write_back=section.bool("write_back", True),
         prefer="file" if section.choice("prefer", ("login", "file"), "login") == "file" else "login",
     )
-    rest = {key: value for key, value in section.data.items() if key not in FOLLOW_KEYS}
+    callers = section.str_list("callers") if "callers" in section else None
+    for entry in callers or ():
+        problem = callers_problem(entry)
+        if problem is not None:
+            raise section.error("callers", f"{entry!r}: {problem}")
+    rest = {key: value for key, value in section.data.items() if key not in SHARED_KEYS}
     provider = factory(name, Section(section.path, rest, section.source))
     provider.follow = follow
+    if callers is not None:
+        provider.callers = callers
     return provider

@@ -182,6 +182,11 @@ def oauth() -> Iterator[FakeOAuthServer]:
         yield server
 
 
+TEST_RUN_CALLERS = 'callers = ["pytest"]'
+"""For tests of something else than the ``callers`` policy: Claude's and Gemini CLI's logins are
+served to this test run (pytest and what it starts). tests/test_callers.py proves the defaults."""
+
+
 def acme_config(server: FakeOAuthServer, *, flow: str = "device", extra: str = "") -> str:
     """A ``[providers.acme]`` table pointing at the fake server through discovery."""
     return f"""

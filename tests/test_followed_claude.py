@@ -24,7 +24,7 @@ from broker.client import Client
 from broker.config import load_settings
 from broker.daemon import Daemon
 from broker.errors import BrokerError, NotLoggedIn
-from tests.conftest import isolated_env
+from tests.conftest import TEST_RUN_CALLERS, isolated_env
 from tests.fakes.anthropic_auth import RATE_LIMITED, AnthropicTokenServer
 from tests.fakes.clock import FakeClock
 from tests.fakes.refresh_server import RefreshServer
@@ -77,10 +77,13 @@ class Claude:
         await asyncio.wait_for(self.daemon.credentials.wait_changed(), CHANGE_TIMEOUT)
 
 
-async def start(root: Path, config: str = "") -> tuple[Claude, RefreshServer]:
+async def start(root: Path, settings: str = "") -> tuple[Claude, RefreshServer]:
     server = AnthropicTokenServer(client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e").start()
     env = isolated_env(root)
-    Path(env["BROKER_CONFIG"]).write_text(f'[providers.claude.endpoints]\ntoken = "{server.url}/token"\n' + config)
+    Path(env["BROKER_CONFIG"]).write_text(
+        f"[providers.claude]\n{TEST_RUN_CALLERS}\n{settings}"
+        f'[providers.claude.endpoints]\ntoken = "{server.url}/token"\n'
+    )
     clock = FakeClock()
     daemon = Daemon(load_settings(env), clock=clock, env=env)
     await daemon.start()
@@ -205,7 +208,7 @@ async def test_symlinked_file_is_refused_and_left_alone(claude: Claude, short_tm
 
 
 async def test_follow_only_never_writes_and_says_who_must_refresh(short_tmp: Path):
-    claude, server = await start(short_tmp, "[providers.claude]\nwrite_back = false\n")
+    claude, server = await start(short_tmp, "write_back = false\n")
     try:
         claude.write(claude.doc(*server.issue(), 3600))
         await claude.changed()
@@ -261,7 +264,7 @@ async def reloaded(claude: Claude) -> None:
 
 
 async def test_a_config_reload_starts_and_stops_following_the_file(short_tmp: Path):
-    claude, server = await start(short_tmp, "[providers.claude]\nfollow = false\n")
+    claude, server = await start(short_tmp, "follow = false\n")
     config = Path(claude.daemon.env["BROKER_CONFIG"])
     try:
         access, refresh = server.issue()

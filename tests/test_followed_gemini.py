@@ -25,7 +25,7 @@ from broker.daemon import Daemon
 from broker.errors import BrokerError
 from broker.refresher import Status, refresh_lead
 from providers.gemini import CLIENT_ID, CLIENT_SECRET
-from tests.conftest import isolated_env
+from tests.conftest import TEST_RUN_CALLERS, isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.google_token import GoogleTokenServer
 
@@ -94,13 +94,16 @@ class Gemini:
         return credential.expires_at - due
 
 
-async def start(root: Path, config: str = "", **env_extra: str) -> tuple[Gemini, GoogleTokenServer]:
+async def start(root: Path, settings: str = "", **env_extra: str) -> tuple[Gemini, GoogleTokenServer]:
     clock = FakeClock()
     google = GoogleTokenServer(now=clock.now).start()
     google.add_client(CLIENT_ID, CLIENT_SECRET)
     env = {k: v for k, v in isolated_env(root).items() if k not in GOOGLE_VARIABLES}
     env.update(env_extra)
-    Path(env["BROKER_CONFIG"]).write_text(f'[providers.gemini.endpoints]\ntoken = "{google.token_url}"\n' + config)
+    Path(env["BROKER_CONFIG"]).write_text(
+        f"[providers.gemini]\n{TEST_RUN_CALLERS}\n{settings}"
+        f'[providers.gemini.endpoints]\ntoken = "{google.token_url}"\n'
+    )
     daemon = Daemon(load_settings(env), clock=clock, env=env)
     await daemon.start()
     cli_home = Path(env.get("GEMINI_CLI_HOME") or env["HOME"])
@@ -202,7 +205,7 @@ async def test_malformed_files_give_a_clear_error_and_are_never_modified(gemini:
 
 
 async def test_follow_only_never_refreshes_but_serves_what_gemini_cli_writes(short_tmp: Path):
-    gemini, google = await start(short_tmp, "[providers.gemini]\nwrite_back = false\n")
+    gemini, google = await start(short_tmp, "write_back = false\n")
     try:
         gemini.write(gemini.doc(*google.issue(CLIENT_ID), 3600))
         await gemini.changed()

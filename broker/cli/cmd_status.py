@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     if listing.get("store_error"):
         error = listing["store_error"]
         print(f"store error: {error['message']}\n  {error['hint']}")
+    callers = {p["name"]: p.get("callers") for p in listing["providers"]}
     rows = [(p["name"], a) for p in listing["providers"] for a in p["accounts"]]
     if not rows:
         print("no credentials yet: broker login NAME   (see: broker providers)")
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         shown = printable(account["account"])
         print(f"{name:<12} {shown:<28} {account['state']:<15} expires {until(account['expires_in'])}")
         print(f"{'':<12} source: {account['source']}")
+        if callers.get(name) is not None:
+            print(f"{'':<12} served only to: {', '.join(callers[name]) or 'nobody'} (callers under [providers.{name}])")
         error = account.get("last_error")
         if error:
             print(f"{'':<12} error: {printable(error['code'])}: {printable(error['message'])}")

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     providers = commands.add_parser("providers", help="the providers broker knows and how to log in")
     providers.add_argument("--json", action="store_true")
 
+    audit = commands.add_parser("audit", help="which process was handed which token, and every refresh")
+    audit.add_argument("--provider", metavar="NAME", help="only this provider")
+    audit.add_argument("--since", metavar="AGE", help="only entries this recent: 90, 45s, 15m, 1h, 2d")
+    audit.add_argument("--fingerprint", metavar="FP", help="only this token (sha256:... of the access token)")
+    audit.add_argument("--json", action="store_true")
+
     service = commands.add_parser("install-service", help="write systemd user units for this installation")
     service.add_argument("--uninstall", action="store_true", help="remove the units instead")
     return parser

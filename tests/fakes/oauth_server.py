@@ -182,6 +182,11 @@ class FakeOAuthServer(ServedOnLoopback):
             record = self._store.by_access.get(token)
             return record is not None and not record.is_expired() and not record.is_revoked()
 
+    def issued_refresh_tokens(self) -> list[str]:
+        """Every refresh token issued so far."""
+        with self._lock:
+            return list(self._store.by_refresh)
+
     def valid_refresh_token(self, token: str) -> bool:
         """Issued here and not revoked (refresh tokens do not expire)."""
         with self._lock:
