@@ -134,3 +134,15 @@ def test_key_less_connections_get_a_limited_number_of_seats(daemon: DaemonProces
     assert f"proxy: {seats} connections without the key; accepting no more until they end" in daemon.log()
     status, _, _ = call(answer["base_url"] + "/models", method="GET", body=None, headers={"x-api-key": "wrong"})
     assert status == 401, "seats came free when the waiting connections ended"
+
+
+def test_a_web_page_can_neither_use_nor_read_the_proxy(proxied: Proxied):
+    """A page's fetch() carries an Origin and no key; its CORS preflight carries no key either."""
+    url = proxied.answer["base_url"] + "/chat/completions"
+    page = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = call(url, method="OPTIONS", body=None, headers=page)
+    simple = call(url, headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+    for status, headers, _ in (preflight, simple):
+        assert status == 401
+        assert not any(name.lower().startswith("access-control-") for name in headers)
+    assert proxied.llm.requests == []
