@@ -640,7 +640,7 @@ class Settings:
     store_backend: str
     log_level: str
     refresh_margin: float
-    """Seconds; the refresher uses max(margin, 10 % of the token's lifetime)."""
+    """Seconds; the refresher uses max(margin, 10 % of the lifetime), at most half the lifetime."""
     root: Section
     providers: dict[str, Section]
     proxy_port: int | None = None

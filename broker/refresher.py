@@ -1,8 +1,8 @@
 """Keeps every credential fresh ahead of its expiry, one refresh at a time.
 
-- A timer per credential fires at ``expires_at - lead``, where ``lead`` is the larger
-  of the margin (60 s) and 10 % of the token's lifetime, minus a little jitter so
-  many credentials do not refresh in lockstep.
+- A timer per credential fires ahead of expiry, when ``refresh_timing`` says (the
+  larger of the margin and 10 % of the lifetime, never more than half the lifetime,
+  with jitter); the same module bounds what a client's ``min_ttl`` can demand.
 - Single-flight: concurrent callers of ``refresh_now`` await the same task, so a
   rotating refresh token is redeemed exactly once.
 - Transient faults retry with exponential backoff and jitter (honouring Retry-After);
@@ -29,6 +29,7 @@ from broker.inflight import InFlight
 from broker.journal import Journal, JournaledHttp, ReplayHttp
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
+from broker.refresh_timing import backoff_delay, reachable_ttl, refresh_lead, retry_due, timer_due
 from broker.upstream_errors import to_broker_error
 from flows.errors import FlowError, TransportError
 from flows.http import HttpClient, HttpResponse
@@ -37,14 +38,9 @@ from providers.registry import Registry
 
 log = logging.getLogger("broker.refresher")
 
-LIFETIME_SHARE = 0.10
-JITTER_SHARE = 0.10
-MAX_JITTER = 30.0
 MAX_SLEEP = 60.0
 QUICK_RETRIES = 2
 QUICK_RETRY_MAX_WAIT = 5.0
-BACKOFF_BASE = 2.0
-BACKOFF_CAP = 300.0
 WAIT_LIMIT = 60.0
 """A request waits at most this long for a refresh; the refresh itself goes on."""
 _random = secrets.SystemRandom()
@@ -64,31 +60,6 @@ class Status:
     attempts: int = 0
     not_before: float | None = None
     """The upstream's Retry-After: no refresh is sent to it before this instant."""
-
-
-def refresh_lead(credential: Credential, margin: float) -> float:
-    """Seconds before expiry at which a refresh is due (jitter excluded)."""
-    lifetime = 0.0
-    if credential.expires_at is not None and credential.issued_at is not None:
-        lifetime = max(0.0, credential.expires_at - credential.issued_at)
-    return max(margin, LIFETIME_SHARE * lifetime, credential.lead or 0.0)
-
-
-def reachable_ttl(credential: Credential, min_ttl: float) -> float:
-    """``min_ttl``, or half a token's lifetime when the upstream never issues tokens that long.
-
-    A client asking an hour of a 30-minute token would otherwise cost a refresh per request.
-    """
-    if credential.expires_at is None or credential.issued_at is None:
-        return min_ttl
-    lifetime = credential.expires_at - credential.issued_at
-    return lifetime / 2 if 0 < lifetime <= min_ttl else min_ttl
-
-
-def backoff_delay(failures: int) -> float:
-    """Exponential backoff with full jitter in its upper half."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, failures - 1)))
-    return _random.uniform(ceiling / 2, ceiling)
 
 
 class Refresher:
@@ -432,7 +403,9 @@ class Refresher:
                 status.not_before = None
                 return fresh
             except TransportError as exc:
-                delay = exc.retry_after if exc.retry_after is not None else backoff_delay(attempt + 1) / 4
+                delay = (
+                    exc.retry_after if exc.retry_after is not None else backoff_delay(attempt + 1, _random.random()) / 4
+                )
                 if attempt == QUICK_RETRIES or delay > QUICK_RETRY_MAX_WAIT:
                     if exc.retry_after is not None:
                         status.not_before = self.clock.now() + exc.retry_after
@@ -463,10 +436,9 @@ class Refresher:
             if not self._refreshable(provider, credential) or status.state == "login_required":
                 return
             if status.failures:
-                due = max(self.clock.now() + backoff_delay(status.failures), status.not_before or 0.0)
+                due = retry_due(self.clock.now(), status.failures, _random.random(), status.not_before)
             else:
-                lead = refresh_lead(credential, self.margin)
-                due = credential.expires_at - lead - _random.uniform(0, min(MAX_JITTER, JITTER_SHARE * lead))
+                due = timer_due(credential, self.margin, _random.random(), status.last_refresh_at)
             status.next_refresh_at = due
             await self._changed()
             await self._sleep_until(due)

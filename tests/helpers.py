@@ -1,6 +1,11 @@
-"""Small steps many tests share: a completed device login through the CLI."""
+"""Small steps many tests share: a completed device login through the CLI, a browser's part of a code grant."""
 
 from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
 
 from tests.conftest import DaemonProcess, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
@@ -14,3 +19,26 @@ def device_login(daemon: DaemonProcess, oauth: FakeOAuthServer, provider: str = 
     assert done["event"] == "done", done
     assert login.wait(timeout=10) == 0
     return str(done["account"])
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return None
+
+
+def authorize(url: str) -> str:
+    """Act as the browser at the authorization endpoint: the Location it is sent to."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as redirect:
+        opener.open(url, timeout=10)
+    assert redirect.value.code == 302
+    return str(redirect.value.headers["Location"])
+
+
+def browser_get(url: str) -> tuple[int, str]:
+    """The browser following a redirect to the loopback listener: status and page."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

@@ -10,28 +10,7 @@ import pytest
 
 from tests.conftest import DaemonProcess, acme_config, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return None
-
-
-def authorize(url: str) -> str:
-    """Act as the browser at the authorization endpoint: the Location it is sent to."""
-    opener = urllib.request.build_opener(NoRedirect)
-    with pytest.raises(urllib.error.HTTPError) as redirect:
-        opener.open(url, timeout=10)
-    assert redirect.value.code == 302
-    return str(redirect.value.headers["Location"])
-
-
-def browser_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+from tests.helpers import authorize, browser_get
 
 
 @pytest.fixture

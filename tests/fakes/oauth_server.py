@@ -70,11 +70,12 @@ class _AuthServer(AuthorizationServer):
         self.issuer = ""
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.scopes_supported = SCOPES.split()
+        self.access_token_lifetime = access_token_lifetime
         bearer = BearerTokenGenerator(_random_token(32), _random_token(48), access_token_lifetime)
 
         def generate(**kwargs: Any) -> dict[str, Any]:
             token: dict[str, Any] = bearer(**kwargs)
-            token["expires_in"] = access_token_lifetime  # authlib drops a zero lifetime
+            token["expires_in"] = self.access_token_lifetime  # authlib drops a zero lifetime
             return token
 
         self.register_token_generator("default", generate)
@@ -162,6 +163,11 @@ class FakeOAuthServer(ServedOnLoopback):
         """Expire the device code now; polls get ``expired_token``."""
         with self._lock:
             self._store.device(user_code).expires_at = float("-inf")
+
+    def set_access_token_lifetime(self, seconds: int) -> None:
+        """Tokens issued from now on live ``seconds``."""
+        with self._lock:
+            self._server.access_token_lifetime = seconds
 
     def fail_next(self, path: str, count: int = 1, status: int = 500, body: str = "oops") -> None:
         """Answer the next ``count`` requests to ``path`` with ``status``/``body`` (queued after
