@@ -3,7 +3,8 @@
     FlowError
      ├── OAuthError       the server answered with an RFC 6749 §5.2 / RFC 8628 §3.5 error
      ├── TransportError   no usable answer: network fault, timeout, 5xx/429, non-JSON body
-     └── RedirectError    the loopback redirect was unusable (state mismatch, no code)
+     ├── RedirectError    the loopback redirect was unusable (state mismatch, no code, wrong iss)
+     └── IdTokenError     the ID token fails OpenID Connect Core §3.1.3.7 (iss, aud, exp, signature)
 
 Messages never contain a token: only the server's error code and description, and
 those are upstream text: cleaned (``broker.sanitize``) before anything can log or show them.
@@ -46,3 +47,7 @@ class TransportError(FlowError):
 
 class RedirectError(FlowError):
     """The redirect back from the browser cannot complete the login."""
+
+
+class IdTokenError(FlowError):
+    """The ID token cannot be trusted: another issuer or audience, expired, or a bad signature."""
