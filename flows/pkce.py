@@ -5,11 +5,21 @@ challenge; the verifier comes from ``secrets``) and RFC 8252 §7.3 (the redirect
 lands on a listener on 127.0.0.1 at any free port, or at the fixed port a server has
 registered). On a machine with no browser the user can paste the URL the browser was
 redirected to instead (``submit_redirect``); both paths end in the same code exchange.
+
+- A redirect whose ``state`` is not this login's is ignored, an ``error=`` one too
+  (§4.1.2.1): anyone on the machine can reach the listener, and must not end the login.
+- RFC 9207: the redirect's ``iss`` must be the issuer the request went to; one that
+  differs ends the login (a mix-up attack, or the wrong issuer in the config), and so
+  does a missing one when the server's metadata promises it.
+- OpenID Connect Core §11: a server ignores ``offline_access`` (no refresh token)
+  unless ``prompt`` holds ``consent``; ``with_offline_consent`` adds it for a caller that wants it.
+- Every text put into the listener's pages is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +59,24 @@ class PkceClient:
     redirect_port: int = 0
     redirect_path: str = "/callback"
     extra_params: Mapping[str, str] = field(default_factory=dict)
+    issuer: str | None = None
+    """The issuer the request goes to: a redirect's ``iss`` must equal it (RFC 9207)."""
+    issuer_in_redirect: bool = False
+    """The server's metadata says ``authorization_response_iss_parameter_supported``: ``iss`` is required."""
+
+
+OFFLINE_ACCESS = "offline_access"
+
+
+def with_offline_consent(scopes: tuple[str, ...], params: Mapping[str, str]) -> dict[str, str]:
+    """``params`` plus ``prompt=consent`` when ``offline_access`` is asked (OpenID Connect Core §11).
+
+    A ``prompt`` given already is kept: the caller decides. An empty value drops a parameter.
+    """
+    merged = dict(params)
+    if OFFLINE_ACCESS in scopes and "prompt" not in merged:
+        merged["prompt"] = "consent"
+    return {name: value for name, value in merged.items() if value}
 
 
 class PkceLogin:
@@ -122,21 +150,42 @@ class PkceLogin:
             await runner.cleanup()
 
     def _read_redirect(self, url: str) -> str:
+        """The code of a redirect that belongs to this login; RedirectError otherwise.
+
+        Only a redirect carrying this login's ``state`` can end it (with an error, or a
+        wrong ``iss``); any other is refused and the login keeps waiting.
+        """
         url = url.strip()
         if "?" not in url:
             url = "?" + url.lstrip("?")
         query = dict(parse_qsl(urlsplit(url).query))
+        if not secrets.compare_digest(query.get("state", ""), self.state):
+            raise RedirectError("unusable redirect: the state does not match this login")
+        self._check_issuer(query.get("iss"))
         if "error" in query:
             self._fail(OAuthError(query["error"], query.get("error_description")))
             raise RedirectError(f"the authorization server answered {query['error']}")
         try:
             params = parse_authorization_code_response(url, state=self.state)
         except OAuth2Error as exc:
-            reason = "the state does not match this login" if exc.error == "mismatching_state" else exc.error
-            raise RedirectError(f"unusable redirect: {reason}") from None
-        if params.get("state") != self.state:
-            raise RedirectError("unusable redirect: the state does not match this login")
+            raise RedirectError(f"unusable redirect: {exc.error}") from None
         return str(params["code"])
+
+    def _check_issuer(self, iss: str | None) -> None:
+        """RFC 9207 §2.4: a redirect from another issuer, or without one where it is promised, ends the login."""
+        expected = self.pkce.issuer
+        if expected is None:
+            return
+        if iss is None and not self.pkce.issuer_in_redirect:
+            return
+        if iss != expected:
+            found = "no iss" if iss is None else f"iss {iss!r}"
+            error = RedirectError(
+                f"the redirect carries {found}, not the issuer {expected!r} the login went to (RFC 9207); "
+                "check issuer in the config, and sign in only where broker sent you"
+            )
+            self._fail(error)
+            raise error
 
     def _fail(self, exc: FlowError) -> None:
         if not self._code.done():
@@ -146,7 +195,8 @@ class PkceLogin:
         try:
             code = self._read_redirect(str(request.rel_url))
         except RedirectError as exc:
-            return web.Response(status=400, text=FAILED_PAGE.format(reason=exc), content_type="text/html")
+            page = FAILED_PAGE.format(reason=html.escape(str(exc)))
+            return web.Response(status=400, text=page, content_type="text/html")
         if not self._code.done():
             self._code.set_result(code)
         return web.Response(text=DONE_PAGE, content_type="text/html")

@@ -3,6 +3,13 @@
 Endpoints come from the config or from discovery (OpenID Connect Discovery 1.0, then
 RFC 8414 metadata at the issuer); the login is the device grant or the code grant
 with PKCE, as ``flow`` says; refresh is RFC 6749 §6.
+
+Defaults that make an OpenID server issue a lasting login: with no ``scopes`` in the
+config, ``openid`` and ``offline_access`` are asked where the metadata lists them, and
+a code grant that asks ``offline_access`` carries ``prompt=consent`` (without it a
+server must drop that scope, and with it the refresh token). ``authorize_params`` adds
+parameters to the authorization request, or drops a default with an empty value. An
+account named after the ``id_token`` is named only once that token is validated.
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ from typing import Any
 from broker.config import Section
 from broker.errors import BadRequest, LoginFailed
 from broker.model import Credential
-from flows import device_code, pat, refresh
+from flows import device_code, id_token, pat, refresh
 from flows.device_code import DeviceAuthorization, DeviceClient
 from flows.errors import FlowError
-from flows.pkce import PkceClient, PkceLogin
+from flows.pkce import OFFLINE_ACCESS, PkceClient, PkceLogin, with_offline_consent
 from flows.token import OAuthClient, TokenSet
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.jwt_claims import account_name, claims
+from providers.jwt_claims import account_name
 
 FLOWS = ("device", "pkce")
 DISCOVERY_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
@@ -36,6 +43,7 @@ KEYS = (
     "userinfo_endpoint",
     "redirect_port",
     "redirect_path",
+    "authorize_params",
     "base_url",
     "api",
     "headers",
@@ -44,12 +52,30 @@ KEYS = (
 )
 
 
+FLOW_PARAMS = frozenset(
+    ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method")
+)
+"""Authorization request parameters the flow sets itself: not for ``authorize_params``."""
+
+
 @dataclass
 class Endpoints:
     device_authorization_endpoint: str | None = None
     authorization_endpoint: str | None = None
     token_endpoint: str | None = None
     userinfo_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What discovery says beyond the endpoints (RFC 8414 / OpenID Connect Discovery §3)."""
+
+    issuer: str | None = None
+    jwks_uri: str | None = None
+    scopes_supported: tuple[str, ...] = ()
+    id_token_signing_algs: tuple[str, ...] = ()
+    iss_in_redirect: bool = False
+    """``authorization_response_iss_parameter_supported`` (RFC 9207)."""
 
 
 @dataclass
@@ -67,7 +93,9 @@ class CustomOAuthProvider(Provider):
     proxy: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     description: str = "OAuth 2.0 server from config"
-    _discovered: Endpoints | None = None
+    authorize_params: dict[str, str] = field(default_factory=dict)
+    """Extra authorization request parameters; an empty value drops a default (``prompt``)."""
+    _discovered: tuple[Endpoints, ServerFacts] | None = None
 
     @property
     def flows(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -86,6 +114,10 @@ class CustomOAuthProvider(Provider):
         flow = section.choice("flow", FLOWS, "device")
         if issuer is None and configured.token_endpoint is None:
             raise section.error("token_endpoint", "is required when no issuer is given for discovery")
+        authorize_params = section.str_table("authorize_params")
+        for name in sorted(FLOW_PARAMS & set(authorize_params)):
+            hint = "use scopes" if name == "scope" else "broker sets it for each login"
+            raise section.section("authorize_params").error(name, f"cannot be set here ({hint})")
         return cls(
             name=name,
             api=section.str("api", "openai-chat"),
@@ -103,23 +135,28 @@ class CustomOAuthProvider(Provider):
             proxy=section.optional_str("proxy"),
             headers=section.str_table("headers"),
             description=section.str("description", "OAuth 2.0 server from config"),
+            authorize_params=authorize_params,
         )
 
     async def endpoints(self, ctx: ProviderContext) -> Endpoints:
         """Configured endpoints, with the gaps filled by discovery (fetched once)."""
+        return (await self._server(ctx))[0]
+
+    async def _server(self, ctx: ProviderContext) -> tuple[Endpoints, ServerFacts]:
         if self.issuer is None:
-            return self.configured
+            return self.configured, ServerFacts()
         if self._discovered is None:
             self._discovered = await self._discover(ctx)
-        found, given = self._discovered, self.configured
-        return Endpoints(
+        (found, facts), given = self._discovered, self.configured
+        endpoints = Endpoints(
             device_authorization_endpoint=given.device_authorization_endpoint or found.device_authorization_endpoint,
             authorization_endpoint=given.authorization_endpoint or found.authorization_endpoint,
             token_endpoint=given.token_endpoint or found.token_endpoint,
             userinfo_endpoint=given.userinfo_endpoint or found.userinfo_endpoint,
         )
+        return endpoints, facts
 
-    async def _discover(self, ctx: ProviderContext) -> Endpoints:
+    async def _discover(self, ctx: ProviderContext) -> tuple[Endpoints, ServerFacts]:
         http = ctx.http(proxy=self.proxy)
         base = (self.issuer or "").rstrip("/")
         last: str = ""
@@ -127,17 +164,41 @@ class CustomOAuthProvider(Provider):
             response = await http.request("GET", base + path)
             if response.status == 200:
                 meta = response.json_object()
-                return Endpoints(**{k: _str_or_none(meta.get(k)) for k in Endpoints.__dataclass_fields__})
+                endpoints = Endpoints(**{k: _str_or_none(meta.get(k)) for k in Endpoints.__dataclass_fields__})
+                return endpoints, self._facts(meta, base)
             last = f"HTTP {response.status}"
         raise FlowError(f"no discovery document at {base} ({last}); set the endpoints in the config")
+
+    def _facts(self, meta: dict[str, Any], base: str) -> ServerFacts:
+        """The metadata's issuer must be the one configured (OpenID Connect Discovery §4.3)."""
+        issuer = _str_or_none(meta.get("issuer")) or self.issuer
+        if issuer is None or issuer.rstrip("/") != base:
+            raise FlowError(
+                f"the discovery document at {base} names the issuer {issuer!r}; "
+                f"set issuer = {issuer!r} under [providers.{self.name}] if that server is the right one"
+            )
+        return ServerFacts(
+            issuer=issuer,
+            jwks_uri=_str_or_none(meta.get("jwks_uri")),
+            scopes_supported=_strings(meta.get("scopes_supported")),
+            id_token_signing_algs=_strings(meta.get("id_token_signing_alg_values_supported")),
+            iss_in_redirect=meta.get("authorization_response_iss_parameter_supported") is True,
+        )
+
+    def _scopes(self, facts: ServerFacts) -> tuple[str, ...]:
+        """The configured scopes; without any, what makes an OpenID server's login last."""
+        if self.scopes:
+            return self.scopes
+        return tuple(scope for scope in ("openid", OFFLINE_ACCESS) if scope in facts.scopes_supported)
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         flow = request.flow or self.flow
         if flow not in self.flows:
             raise BadRequest(f"{self.name} logs in with {self.flow}, not {flow}")
-        endpoints = await self.endpoints(ctx)
+        endpoints, facts = await self._server(ctx)
         token_endpoint = _need(endpoints.token_endpoint, "token_endpoint", self.name)
         http = ctx.http(proxy=self.proxy)
+        scopes = self._scopes(facts)
         if flow == "device":
 
             async def on_verify(grant: DeviceAuthorization) -> None:
@@ -149,7 +210,8 @@ class CustomOAuthProvider(Provider):
                 ),
                 token_endpoint=token_endpoint,
                 client=self.client,
-                scopes=self.scopes,
+                scopes=scopes,
+                extra_params={name: value for name, value in self.authorize_params.items() if value},
             )
             tokens = await device_code.run(http, device, on_verify, now=ctx.now, sleep=ctx.sleep)
         else:
@@ -157,9 +219,12 @@ class CustomOAuthProvider(Provider):
                 authorization_endpoint=_need(endpoints.authorization_endpoint, "authorization_endpoint", self.name),
                 token_endpoint=token_endpoint,
                 client=self.client,
-                scopes=self.scopes,
+                scopes=scopes,
                 redirect_port=self.redirect_port,
                 redirect_path=self.redirect_path,
+                extra_params=with_offline_consent(scopes, self.authorize_params),
+                issuer=facts.issuer,
+                issuer_in_redirect=facts.iss_in_redirect,
             )
             pending = PkceLogin(http, pkce, now=ctx.now)
             try:
@@ -168,7 +233,7 @@ class CustomOAuthProvider(Provider):
                 tokens = await pending.finish()
             finally:
                 await pending.close()
-        account = request.account or await self._account_of(ctx, tokens, endpoints)
+        account = request.account or await self._account_of(ctx, tokens, endpoints, facts)
         return self._credential(account, tokens, source="login")
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
@@ -205,9 +270,16 @@ class CustomOAuthProvider(Provider):
             extra={"scope": tokens.scope} if tokens.scope else {},
         )
 
-    async def _account_of(self, ctx: ProviderContext, tokens: TokenSet, endpoints: Endpoints) -> str:
-        """Name the account after the id_token, else userinfo, else ``default``."""
-        name = account_name(claims(tokens.id_token))
+    async def _account_of(
+        self, ctx: ProviderContext, tokens: TokenSet, endpoints: Endpoints, facts: ServerFacts
+    ) -> str:
+        """Name the account after the validated id_token, else userinfo, else ``default``.
+
+        Without a known issuer an id_token cannot be validated, so it names nothing.
+        """
+        name = None
+        if tokens.id_token and facts.issuer:
+            name = account_name(await self._id_token_claims(ctx, tokens, facts))
         if name is None and endpoints.userinfo_endpoint:
             try:
                 info = await pat.validate(ctx.http(proxy=self.proxy), endpoints.userinfo_endpoint, tokens.access_token)
@@ -215,6 +287,25 @@ class CustomOAuthProvider(Provider):
                 info = {}
             name = account_name(info)
         return name or "default"
+
+    async def _id_token_claims(self, ctx: ProviderContext, tokens: TokenSet, facts: ServerFacts) -> dict[str, Any]:
+        """The id_token's claims once iss, aud, exp (and the signature, given a JWKS) hold."""
+        assert tokens.id_token is not None and facts.issuer is not None
+        jwks = None
+        if facts.jwks_uri:
+            response = await ctx.http(proxy=self.proxy).request("GET", facts.jwks_uri)
+            if response.status != 200:
+                raise FlowError(f"{facts.jwks_uri} answered HTTP {response.status}: the id_token cannot be checked")
+            jwks = response.json_object()
+        return id_token.validate(
+            tokens.id_token,
+            issuer=facts.issuer,
+            client_id=self.client.client_id,
+            now=ctx.now(),
+            jwks=jwks,
+            algorithms=facts.id_token_signing_algs,
+            access_token=tokens.access_token,
+        )
 
 
 def verify_event(grant: DeviceAuthorization) -> dict[str, Any]:
@@ -240,3 +331,7 @@ def _need(value: str | None, key: str, provider: str) -> str:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(item for item in value if isinstance(item, str)) if isinstance(value, list) else ()

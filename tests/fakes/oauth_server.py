@@ -30,6 +30,9 @@ Policies:
 - ``slow_down`` when a device code is polled less than ``device_interval`` seconds after its
   previous poll (the first poll is never too fast); the server does not add the 5 s itself.
 - ``requests`` and ``grant_counts`` include requests answered by ``fail_next`` faults.
+- ``iss_in_redirect = True``: RFC 9207, the metadata says
+  ``authorization_response_iss_parameter_supported`` and every authorization response
+  (code or error) carries ``iss``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import secrets
 from collections import Counter, deque
 from typing import Any, Self
 
+from authlib.common.urls import add_params_to_uri
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
@@ -113,6 +117,7 @@ class FakeOAuthServer(ServedOnLoopback):
     ) -> None:
         self.user = user
         self.deny_authorizations: bool = False
+        self.iss_in_redirect: bool = False
         self.grant_counts: dict[str, int] = Counter()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._store = Store()
@@ -219,6 +224,7 @@ class FakeOAuthServer(ServedOnLoopback):
             "code_challenge_methods_supported": ["S256"],
             "subject_types_supported": ["public"],
             "claims_supported": ["sub", "email", "preferred_username"],
+            "authorization_response_iss_parameter_supported": self.iss_in_redirect,
         }
 
     def _build_app(self) -> Flask:
@@ -252,6 +258,8 @@ class FakeOAuthServer(ServedOnLoopback):
                     return server.handle_error_response(None, error)
                 grant_user = None if self.deny_authorizations else self.user
                 response: Response = server.create_authorization_response(grant=grant, grant_user=grant_user)
+                if self.iss_in_redirect and response.location:
+                    response.location = add_params_to_uri(response.location, [("iss", self.issuer)])
                 return response
 
         @app.post("/token")
