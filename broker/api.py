@@ -195,7 +195,7 @@ class Api:
             log.exception("login crashed provider=%s", name)
             await emit({"event": "error", **BrokerError("internal error", "see the daemon's log").to_wire()["error"]})
         else:
-            await emit({"event": "done", "provider": name, "account": credential.account})
+            await emit({"event": "done", "provider": name, "account": credential.account, **self._lasting(credential)})
         await response.write_eof()
         return response
 
@@ -320,6 +320,15 @@ class Api:
         self._encoded[credential.key] = (credential, provider, expires_in, encoded)
         return encoded
 
+    def _lasting(self, credential: Credential) -> dict[str, Any]:
+        """How long a login lasts: its expiry, and whether broker can renew it by itself."""
+        expires_at = credential.expires_at
+        return {
+            "expires_at": None if expires_at is None else int(expires_at),
+            "expires_in": None if expires_at is None else int(expires_at - self.clock.now()),
+            "refreshable": credential.provider in self.registry() and self.refresher.refreshable(credential.key),
+        }
+
     def _account_state(self, credential: Credential) -> dict[str, Any]:
         status = self.refresher.status(credential.key)
         now = self.clock.now()
@@ -330,8 +339,7 @@ class Api:
         return {
             "account": credential.account,
             "state": state,
-            "expires_at": None if credential.expires_at is None else int(credential.expires_at),
-            "expires_in": None if credential.expires_at is None else int(credential.expires_at - now),
+            **self._lasting(credential),
             "next_refresh_at": None if status.next_refresh_at is None else int(status.next_refresh_at),
             "source": credential.source,
             "last_error": None if error is None else error.to_wire()["error"],

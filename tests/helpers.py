@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
 from tests.conftest import DaemonProcess, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
+
+LASTING = ("expires_at", "expires_in", "refreshable")
+"""Fields of a ``done`` event that say how long the login lasts."""
+
+
+def without_lasting(event: dict[str, Any]) -> dict[str, Any]:
+    """A ``done`` event without the fields that depend on the token's lifetime and the clock."""
+    return {name: value for name, value in event.items() if name not in LASTING}
 
 
 def device_login(daemon: DaemonProcess, oauth: FakeOAuthServer, provider: str = "acme", *extra: str) -> str:

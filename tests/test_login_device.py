@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import DaemonProcess, acme_config, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
+from tests.helpers import without_lasting
 
 
 def start_login(daemon: DaemonProcess, *extra: str):  # type: ignore[no-untyped-def]
@@ -21,7 +22,8 @@ def test_device_login_prints_verify_then_done_and_serves_the_token(daemon: Daemo
     assert verify["expires_in"] > 0 and verify["user_code"]
     oauth.approve(verify["user_code"])
     done = read_event(login)
-    assert done == {"event": "done", "provider": "acme", "account": "alice@example.com"}
+    assert without_lasting(done) == {"event": "done", "provider": "acme", "account": "alice@example.com"}
+    assert done["refreshable"] is True and 3590 <= done["expires_in"] <= 3600
     assert login.wait(timeout=10) == 0
 
     token = daemon.cli("token", "acme")

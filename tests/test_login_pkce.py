@@ -39,7 +39,16 @@ def test_browser_redirect_completes_the_login(pkce_daemon: DaemonProcess, oauth:
     location = authorize(read_event(login)["url"])
     status, page = browser_get(location)
     assert status == 200 and "Signed in" in page
-    assert read_event(login) == {"event": "done", "provider": "acme", "account": "alice@example.com"}
+    done = read_event(login)
+    assert done == {
+        "event": "done",
+        "provider": "acme",
+        "account": "alice@example.com",
+        "refreshable": True,
+        "expires_at": done["expires_at"],
+        "expires_in": done["expires_in"],
+    }
+    assert 3590 <= done["expires_in"] <= 3600
     assert login.wait(timeout=10) == 0
     token = pkce_daemon.cli("token", "acme", "--json")
     assert '"api": "openai-chat"' in token.stdout

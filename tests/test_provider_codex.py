@@ -34,6 +34,7 @@ from tests.fakes.openai_auth import (
     FakeOpenAIAuth,
     codex_served_headers,
 )
+from tests.helpers import without_lasting
 
 
 def free_port() -> int:
@@ -195,7 +196,7 @@ def test_device_login_shows_openai_code_page_and_redeems_the_server_made_verifie
     assert verify["verification_uri"] == f"{openai.url}/codex/device"
     assert verify["expires_in"] == 900 and verify["user_code"]
     openai.approve_device(verify["user_code"])
-    assert read_event(login) == {"event": "done", "provider": "codex", "account": "alice@example.com"}
+    assert without_lasting(read_event(login)) == {"event": "done", "provider": "codex", "account": "alice@example.com"}
     assert login.wait(timeout=10) == 0
 
     usercode = next(r for r in openai.requests if r[1] == "/api/accounts/deviceauth/usercode")

@@ -28,6 +28,7 @@ from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import API_HEADERS, EXCHANGE_HEADERS, FakeGitHub
 from tests.fakes.llm_upstream import FakeLLM
+from tests.helpers import without_lasting
 
 TOKEN_PATH = "/copilot_internal/v2/token"
 
@@ -86,7 +87,7 @@ def test_login_serves_the_copilot_token_with_its_api_base_and_editor_headers(
 ) -> None:
     daemon.write_config(copilot_config(github))
     daemon.start()
-    assert login(daemon, github) == {"event": "done", "provider": "copilot", "account": "octocat"}
+    assert without_lasting(login(daemon, github)) == {"event": "done", "provider": "copilot", "account": "octocat"}
 
     result = daemon.cli("token", "copilot", "--json")
     assert result.returncode == 0, result.stderr

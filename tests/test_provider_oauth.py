@@ -1,7 +1,9 @@
-"""The generic provider (``type = "oauth"``): authorization parameters and defaults for OpenID servers."""
+"""The generic provider (``type = "oauth"``): authorization parameters, defaults for OpenID
+servers, and a login that says how long it lasts."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -11,7 +13,7 @@ from broker.errors import ConfigError
 from providers.registry import build_registry
 from tests.conftest import DaemonProcess, acme_config, isolated_env, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
-from tests.helpers import device_login
+from tests.helpers import authorize, browser_get, device_login
 
 
 def authorization_query(daemon: DaemonProcess) -> dict[str, list[str]]:
@@ -73,3 +75,61 @@ def test_without_scopes_an_openid_server_is_asked_for_openid_and_offline_access(
     query = authorization_query(daemon)
     assert query["scope"] == ["openid offline_access"]
     assert query["prompt"] == ["consent"]
+
+
+@pytest.fixture
+def no_refresh_tokens(daemon: DaemonProcess, oauth: FakeOAuthServer) -> DaemonProcess:
+    oauth.stop_issuing_refresh_tokens()
+    oauth.set_access_token_lifetime(600)
+    daemon.write_config(acme_config(oauth, flow="pkce"))
+    return daemon.start()
+
+
+def test_a_login_without_refresh_token_says_so_when_it_ends(no_refresh_tokens: DaemonProcess):
+    login = no_refresh_tokens.popen("login", "acme", "--no-browser", "--json")
+    browser_get(authorize(read_event(login)["url"]))
+    done = read_event(login)
+    assert done["event"] == "done"
+    assert done["refreshable"] is False
+    assert 590 <= done["expires_in"] <= 600
+    served = json.loads(no_refresh_tokens.cli("token", "acme", "--json").stdout)
+    assert served["expires_at"] == done["expires_at"]
+
+
+def test_the_human_output_of_a_login_says_it_cannot_be_renewed(no_refresh_tokens: DaemonProcess):
+    login = no_refresh_tokens.popen("login", "acme", "--no-browser")
+    assert login.stderr is not None
+    while "open this address" not in login.stderr.readline():
+        pass
+    login.stderr.readline()
+    url = login.stderr.readline().strip()
+    browser_get(authorize(url))
+    _, err = login.communicate(timeout=30)
+    assert login.returncode == 0
+    assert "logged in to acme as alice@example.com" in err
+    assert "this login cannot be renewed: the token expires in 9m" in err
+    assert "broker login acme again" in err
+
+
+def test_status_shows_a_login_that_cannot_be_renewed_before_it_expires(no_refresh_tokens: DaemonProcess):
+    login = no_refresh_tokens.popen("login", "acme", "--no-browser", "--json")
+    browser_get(authorize(read_event(login)["url"]))
+    assert read_event(login)["event"] == "done"
+    listing = json.loads(no_refresh_tokens.cli("status", "--json").stdout)
+    account = next(p for p in listing["providers"] if p["name"] == "acme")["accounts"][0]
+    assert account["state"] == "ready" and account["refreshable"] is False
+    status = no_refresh_tokens.cli("status").stdout
+    assert "not renewable: this login ends when the token expires; then run: broker login acme" in status
+
+
+def test_a_refreshable_login_says_broker_renews_it(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    login = daemon.popen("login", "acme", "--no-browser")
+    assert login.stderr is not None
+    while "enter the code" not in (line := login.stderr.readline()):
+        assert line, "the login ended early"
+    oauth.approve(line.rsplit(" ", 1)[-1].strip())
+    _, err = login.communicate(timeout=30)
+    assert "the token expires in 59m; broker renews it ahead of each expiry" in err
+    assert "not renewable" not in daemon.cli("status").stdout

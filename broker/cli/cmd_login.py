@@ -18,6 +18,7 @@ from typing import Any
 
 from broker.cli.connect import client
 from broker.cli.main import report
+from broker.cli.timefmt import until
 from broker.client import quote
 from broker.errors import BadRequest, BrokerError, from_wire
 from broker.sanitize import printable
@@ -96,6 +97,7 @@ def _handle(args: argparse.Namespace, event: dict[str, Any], stop: threading.Eve
         stop.set()
         if not args.json:
             print(f"\nlogged in to {args.provider} as {event.get('account')}", file=sys.stderr)
+            print(lasting(args.provider, event), file=sys.stderr)
         return 0
     elif kind == "error":
         stop.set()
@@ -105,6 +107,20 @@ def _handle(args: argparse.Namespace, event: dict[str, Any], stop: threading.Eve
             report(error)
         return error.exit_status
     return None
+
+
+def lasting(provider: str, event: dict[str, Any]) -> str:
+    """How long the login lasts, in words: the thing to know before relying on it."""
+    expires_in = event.get("expires_in")
+    if expires_in is None:
+        return "the token does not expire"
+    if event.get("refreshable"):
+        return f"the token expires {until(expires_in)}; broker renews it ahead of each expiry"
+    return (
+        f"this login cannot be renewed: the token expires {until(expires_in)} and the server gave no refresh "
+        f"token; run broker login {provider} again then (for an OpenID server: ask the offline_access scope, "
+        "and allow the refresh_token grant for this client)"
+    )
 
 
 def _countdown(seconds: float, stop: threading.Event) -> None:

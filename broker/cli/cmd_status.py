@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'':<12} source: {account['source']}")
         if callers.get(name) is not None:
             print(f"{'':<12} served only to: {', '.join(callers[name]) or 'nobody'} (callers under [providers.{name}])")
+        if account["source"] == "login" and account.get("refreshable") is False and account["expires_in"] is not None:
+            print(f"{'':<12} not renewable: this login ends when the token expires; then run: broker login {name}")
         error = account.get("last_error")
         if error:
             print(f"{'':<12} error: {printable(error['code'])}: {printable(error['message'])}")

@@ -30,6 +30,8 @@ Policies:
 - ``slow_down`` when a device code is polled less than ``device_interval`` seconds after its
   previous poll (the first poll is never too fast); the server does not add the 5 s itself.
 - ``requests`` and ``grant_counts`` include requests answered by ``fail_next`` faults.
+- ``issue_refresh_tokens = False``: token responses carry no refresh token (a server that
+  dropped ``offline_access``).
 - ``iss_in_redirect = True``: RFC 9207, the metadata says
   ``authorization_response_iss_parameter_supported`` and every authorization response
   (code or error) carries ``iss``.
@@ -77,7 +79,11 @@ class _AuthServer(AuthorizationServer):
         self.access_token_lifetime = access_token_lifetime
         bearer = BearerTokenGenerator(_random_token(32), _random_token(48), access_token_lifetime)
 
+        self.issue_refresh_tokens = True
+
         def generate(**kwargs: Any) -> dict[str, Any]:
+            if not self.issue_refresh_tokens:
+                kwargs["include_refresh_token"] = False
             token: dict[str, Any] = bearer(**kwargs)
             token["expires_in"] = self.access_token_lifetime  # authlib drops a zero lifetime
             return token
@@ -173,6 +179,11 @@ class FakeOAuthServer(ServedOnLoopback):
         """Tokens issued from now on live ``seconds``."""
         with self._lock:
             self._server.access_token_lifetime = seconds
+
+    def stop_issuing_refresh_tokens(self) -> None:
+        """Token responses from now on carry no refresh token."""
+        with self._lock:
+            self._server.issue_refresh_tokens = False
 
     def fail_next(self, path: str, count: int = 1, status: int = 500, body: str = "oops") -> None:
         """Answer the next ``count`` requests to ``path`` with ``status``/``body`` (queued after
