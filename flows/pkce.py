@@ -159,7 +159,7 @@ class PkceLogin:
         if "?" not in url:
             url = "?" + url.lstrip("?")
         query = dict(parse_qsl(urlsplit(url).query))
-        if not secrets.compare_digest(query.get("state", ""), self.state):
+        if not secrets.compare_digest(query.get("state", "").encode(), self.state.encode()):
             raise RedirectError("unusable redirect: the state does not match this login")
         self._check_issuer(query.get("iss"))
         if "error" in query:

@@ -121,6 +121,8 @@ def test_error_redirect_with_another_state_is_ignored_and_the_login_still_comple
     assert status == 400 and "state does not match" in page
     stateless = urlsplit(location)._replace(query="error=access_denied").geturl()
     assert browser_get(stateless)[0] == 400
+    not_ascii = urlsplit(location)._replace(query=urlencode({"error": "access_denied", "state": "é"})).geturl()
+    assert browser_get(not_ascii)[0] == 400
     assert browser_get(location)[0] == 200, "the login kept waiting for its own redirect"
     assert read_event(login)["event"] == "done"
 
