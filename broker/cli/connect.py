@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 from broker.client import Client
+
+TYPE_CHECKING = False  # broker token runs without argparse
+if TYPE_CHECKING:
+    import argparse
 
 
 def client(args: argparse.Namespace, timeout: float = 60.0) -> Client:
