@@ -236,7 +236,7 @@ class Api:
             raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
         if not provider.can_refresh(credential):
             raise BadRequest(f"{provider.name} tokens do not expire and have nothing to refresh")
-        fresh = await self.refresher.refresh_now(key, WAIT_LIMIT)
+        fresh = await self.refresher.refresh_now(key, WAIT_LIMIT, asked=True)
         self.refresher.ensure_watched(key)
         return web.json_response(self._account_state(fresh))
 

@@ -3,7 +3,13 @@
 A credential from ``broker login`` lives in the store; one followed from a CLI's file
 lives in that file. Every change is written to its durable place first and only then
 made visible, so a token is never served that a crash could lose (a rotated refresh
-token above all).
+token above all). Where that write fails after a refresh (a full disk, a CLI's file
+locked), the new tokens are served from memory and stay *owed* until a later try lands:
+the spent refresh token is never the live one again.
+
+The last word wins: changes of one credential take turns, and a refresh's result is kept
+only if the credential it started from is still the live one (a logout or a new login
+during the refresh is what remains).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 
 from broker.errors import BadRequest, RefreshFailed, StoreError
 from broker.filelock import LockTimeout
-from broker.followed import FileState, FollowedFiles
+from broker.followed import FileState, FollowedFiles, detached
 from broker.model import Credential, CredentialKey
 from broker.store.base import Store
 from providers.files import FollowedFile
@@ -32,6 +38,9 @@ class CredentialSet:
         self._accounts: dict[tuple[str, bool], list[str]] = {}
         """``accounts()`` answers, kept until the live set changes: every token request asks."""
         self._changed = asyncio.Condition()
+        self._turns: dict[CredentialKey, asyncio.Lock] = {}
+        self._unsaved: dict[CredentialKey, Credential] = {}
+        """Refreshed login credentials the store refused: served from memory until a write lands."""
         self.load_error: StoreError | None = None
         """Why the store could not be read at start; the daemon serves on and says so."""
 
@@ -96,7 +105,7 @@ class CredentialSet:
         """Hold a followed CLI's own lock (Qwen Code's) around a refresh; nothing for other credentials."""
         hold = self.followed.cli_lock(key)
         try:
-            await asyncio.to_thread(hold.__enter__)
+            await detached(hold.__enter__)
         except LockTimeout as exc:
             raise RefreshFailed(
                 f"{key[0]}: {exc}: its CLI is refreshing the same login", "broker tries again by itself"
@@ -104,7 +113,10 @@ class CredentialSet:
         try:
             yield
         finally:
-            await asyncio.to_thread(hold.__exit__, None, None, None)
+            await detached(hold.__exit__, None, None, None)
+
+    def _turn(self, key: CredentialKey) -> asyncio.Lock:
+        return self._turns.setdefault(key, asyncio.Lock())
 
     async def put(self, credential: Credential, spent: str | None = None) -> Credential:
         """Persist, then serve; the credential that is live afterwards.
@@ -113,10 +125,55 @@ class CredentialSet:
         file whose CLI refreshed meanwhile, the live credential is the file's, not the
         one given: the CLI's tokens win.
         """
+        async with self._turn(credential.key):
+            return await self._put(credential, spent)
+
+    async def put_refreshed(self, fresh: Credential, base: Credential) -> Credential | None:
+        """A refresh's result, kept only while ``base`` (what it refreshed) is still the live credential.
+
+        ``None``: a logout or a new login came meanwhile, and stays. A followed file's
+        credential may have been re-read meanwhile: ``write_back`` settles that by the
+        refresh token the file holds. A store that refuses the write raises StoreError,
+        but the new tokens are live (owed to the store) so the spent ones are never used again.
+        """
+        key = fresh.key
+        async with self._turn(key):
+            if not self.is_followed(key) and self._live.get(key) is not base:
+                log.warning("a refresh ended after a logout or a new login provider=%s account=%s: dropped", *key)
+                return None
+            try:
+                return await self._put(fresh, base.refresh_token)
+            except StoreError:
+                self._unsaved[key] = fresh
+                self._set(fresh)
+                await self._notify()
+                raise
+
+    def owes(self, key: CredentialKey) -> bool:
+        """Whether refreshed tokens of ``key`` are only in memory (the store or the CLI's file refused them)."""
+        state = self.followed.state_of(key)
+        return state.pending is not None if state is not None else key in self._unsaved
+
+    async def settle_owed(self, key: CredentialKey) -> bool:
+        """Try again to write owed tokens; whether some are still owed."""
+        if self.is_followed(key):
+            return await detached(self.followed.flush_owed, key)
+        async with self._turn(key):
+            owed = self._unsaved.get(key)
+            if owed is None or self._live.get(key) is not owed:
+                self._unsaved.pop(key, None)  # logged out or replaced meanwhile: nothing is owed
+                return False
+            await asyncio.to_thread(self.store.put, owed)
+            del self._unsaved[key]
+            self.load_error = None
+        return False
+
+    async def _put(self, credential: Credential, spent: str | None) -> Credential:
         if self.is_followed(credential.key):
-            live = await asyncio.to_thread(self.followed.write_back, credential, spent)
+            live = await detached(self.followed.write_back, credential, spent)
         else:
             await asyncio.to_thread(self.store.put, credential)
+            self._unsaved.pop(credential.key, None)
             self.load_error = None
             live = credential
         self._set(live)
@@ -135,7 +192,7 @@ class CredentialSet:
     async def reread(self, path: Path) -> tuple[FileState, bool]:
         """Re-read a followed file and make the live set match it; whether the credential changed."""
         problem_before = self.followed.states[path].problem
-        state = await asyncio.to_thread(self.followed.read, path)
+        state = await detached(self.followed.read, path)
         key = (state.spec.provider, state.spec.account)
         if state.problem is not problem_before:
             await self._notify()  # status watchers see a file turn bad or good
@@ -170,8 +227,10 @@ class CredentialSet:
                 f"{key[0]}: the {key[1]} credential comes from a CLI's file, which broker never deletes",
                 f"log out with that CLI, or stop following it: [providers.{key[0]}] follow = false",
             )
-        await asyncio.to_thread(self.store.delete, key)
-        self._drop(key)
+        async with self._turn(key):
+            await asyncio.to_thread(self.store.delete, key)
+            self._unsaved.pop(key, None)
+            self._drop(key)
         await self._notify()
         return True
 

@@ -8,6 +8,8 @@
      ├── LoginFailed                login_failed         400  exit 1
      ├── Forbidden                  forbidden            403  exit 1
      ├── RefreshFailed              refresh_failed       502  exit 1
+     │    ├── RefreshUncertain      refresh_uncertain    502  exit 1
+     │    └── LeftToCli             left_to_cli          502  exit 1
      ├── UpstreamUnavailable        upstream_unavailable 503  exit 1
      ├── ConfigError                config_error         500  exit 78
      ├── StoreError                 store_error          500  exit 74
@@ -95,6 +97,20 @@ class RefreshFailed(BrokerError):
     status = 502
 
 
+class RefreshUncertain(RefreshFailed):
+    """A refresh whose request may have reached the upstream, with no answer: never sent again by itself."""
+
+    code = "refresh_uncertain"
+
+
+class LeftToCli(RefreshFailed):
+    """A followed file's refresh only its CLI can make safely now (it may be making it this moment)."""
+
+    code = "left_to_cli"
+    cli_running = False
+    """Set by the daemon: a process of that CLI was running, so its new file may come any moment."""
+
+
 class UpstreamUnavailable(BrokerError):
     """The upstream could not be reached or answered with a transient fault."""
 
@@ -132,6 +148,8 @@ _BY_CODE: dict[str, type[BrokerError]] = {
         LoginFailed,
         Forbidden,
         RefreshFailed,
+        RefreshUncertain,
+        LeftToCli,
         UpstreamUnavailable,
         ConfigError,
         StoreError,

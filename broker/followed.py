@@ -2,14 +2,17 @@
 
 Reads refuse what is unsafe or unusable (symlinks, non-regular files, oversized,
 unreadable, malformed) with a per-provider problem and never touch the file. Writes
-happen only for files broker leads, under the CLI's lock where it has one and
-``flock`` on the file, only if the file is byte-for-byte what broker last read (if
-the CLI wrote meanwhile, its tokens win), atomically (temp file, fsync, rename, fsync
-dir) and with the file's own mode. All of it blocks: the daemon calls it in a thread.
+happen only for files broker leads, under the CLI's own locks where it has them and
+``flock`` on the file, only while the file still holds the refresh token broker spent
+(if the CLI refreshed meanwhile, its tokens win), atomically (temp file, fsync, rename,
+fsync dir) and with the file's own mode. All of it blocks: the daemon runs it in
+threads of its own (``detached``), so a path that hangs (a network home that stopped
+answering) stalls neither the daemon nor its exit, and every wait on ``_lock`` is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -18,19 +21,30 @@ import math
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.atomic import replace_atomically
-from broker.filelock import LockTimeout, exclusive_create, flocked
+from broker.filelock import (
+    LockTimeout,
+    NotAFile,
+    describe_kind,
+    exclusive_create,
+    flocked,
+    lock_directory,
+    open_regular,
+)
 from broker.model import Credential, CredentialKey
-from providers.files import FileProblem, FollowedFile, dump_like
+from providers.files import CliLock, FileProblem, FollowedFile, dump_like
 
 log = logging.getLogger("broker.followed")
 
 MAX_BYTES = 1 << 20
+BUSY_LIMIT = 10.0
+"""The longest any caller waits for another's file work (a read or write-back) to end."""
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -96,10 +110,10 @@ class FollowedFiles:
         it twice (Qwen Code then deletes its file). Blocks: call in a thread. Raises LockTimeout.
         """
         state = self.state_of(key)
-        if state is None or state.spec.lock_file is None or state.spec.mode != "lead":
+        if state is None or not state.spec.refresh_locks or state.spec.mode != "lead":
             yield
             return
-        with _cli_lock(state.spec):
+        with _holding(state.spec.refresh_locks):
             state.cli_lock_held = True
             try:
                 yield
@@ -112,16 +126,15 @@ class FollowedFiles:
         Owed tokens are written as soon as the file parses again and still holds the
         spent refresh token.
         """
-        with self._lock:
-            return self._read(self.states[path])
-
-    def _read(self, state: FileState) -> FileState:
-        path = state.spec.path
+        state = self.states[path]
         try:
-            raw = _read_safely(path)
+            with self._busy(state):  # a read stuck on a hung path holds the others up for BUSY_LIMIT at most
+                return self._take(state, _read_safely(path))
         except FileProblem as problem:
             state.raw, state.problem = None, problem
             return state
+
+    def _take(self, state: FileState, raw: bytes | None) -> FileState:
         if raw is None:
             state.raw, state.credential, state.problem, state.pending = None, None, None, None
             return state
@@ -154,17 +167,46 @@ class FollowedFiles:
         if state.spec.mode != "lead" or state.spec.merge is None:
             state.credential = credential
             return credential
-        with self._lock:
+        try:
+            with self._busy(state):
+                state.pending, state.spent = credential, spent
+                self._flush(state)
+                return state.credential if state.pending is None and state.credential else credential
+        except FileProblem as problem:  # another thread is stuck on the file: the tokens are owed
+            log.warning("write-back deferred provider=%s: %s", state.spec.provider, problem.message)
             state.pending, state.spent = credential, spent
-            self._flush(state)
-            return state.credential if state.pending is None and state.credential else credential
+            return credential
+
+    def flush_owed(self, key: CredentialKey) -> bool:
+        """Try again to write what broker owes the file; whether anything is still owed."""
+        state = self.state_of(key)
+        if state is None:
+            return False
+        with self._busy(state):
+            if state.pending is not None:
+                self._flush(state)
+            return state.pending is not None
+
+    @contextlib.contextmanager
+    def _busy(self, state: FileState) -> Iterator[None]:
+        """``_lock``, waited for at most ``BUSY_LIMIT``: a thread stuck on a hung path must not stall the rest."""
+        if not self._lock.acquire(timeout=BUSY_LIMIT):
+            raise FileProblem(
+                f"{state.spec.path}: another read or write of it has not ended within {BUSY_LIMIT:g} s",
+                "check the filesystem it is on (a network home that stopped answering?)",
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _flush(self, state: FileState) -> None:
         """Write ``state.pending`` into the file when that is safe; otherwise keep owing it."""
         spec, path, pending = state.spec, state.spec.path, state.pending
         assert pending is not None and spec.merge is not None
         try:
-            with contextlib.nullcontext() if state.cli_lock_held else _cli_lock(spec), flocked(path):
+            refresh_locks = () if state.cli_lock_held else spec.refresh_locks
+            with _holding((*refresh_locks, *spec.write_locks)), flocked(path):
                 raw = _read_safely(path)
                 if raw is None:
                     state.pending = None  # the CLI logged out: never recreate its file
@@ -184,8 +226,8 @@ class FollowedFiles:
         except LockTimeout as exc:
             log.warning("write-back deferred provider=%s: %s", spec.provider, exc)
             return
-        except OSError as exc:
-            log.error("write-back failed provider=%s file=%s: %s", spec.provider, path, exc.strerror)
+        except (OSError, FileProblem) as exc:
+            log.error("write-back failed provider=%s file=%s: %s", spec.provider, path, exc)
             return
         state.raw, state.credential, state.pending, state.problem = data, written, None, None
         log.info("wrote back provider=%s file=%s", spec.provider, path)
@@ -218,13 +260,15 @@ def _read_safely(path: Path) -> bytes | None:
             f"replace the link with the file itself, or point the provider's `file` setting at {path.resolve()}",
         )
     if not stat.S_ISREG(info.st_mode):
-        raise FileProblem(f"{path} is not a regular file")
+        raise _not_a_file(path, describe_kind(info.st_mode))
     if info.st_size > MAX_BYTES:
         raise FileProblem(f"{path} is {info.st_size} bytes, over the {MAX_BYTES}-byte limit for a credential file")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path)
     except FileNotFoundError:
         return None
+    except NotAFile as exc:  # swapped for something else since the lstat
+        raise FileProblem(str(exc)) from None
     except OSError as exc:
         raise FileProblem(
             f"{path}: cannot be read ({exc.strerror})", f"check its owner and mode: ls -l {path}"
@@ -261,10 +305,41 @@ def _fix_hint(spec: FollowedFile) -> str:
     return f"let {spec.cli} rewrite it ({spec.login_hint.removeprefix('run: ')}); broker never changes a broken file"
 
 
+def _not_a_file(path: Path, kind: str) -> FileProblem:
+    return FileProblem(
+        f"{path} is {kind}, not a regular file: broker does not open it",
+        f"remove it (rm {'-r ' if kind == 'a directory' else ''}{path}) and log in again with the CLI",
+    )
+
+
 @contextlib.contextmanager
-def _cli_lock(spec: FollowedFile) -> Iterator[None]:
-    if spec.lock_file is None:
+def _holding(locks: tuple[CliLock, ...]) -> Iterator[None]:
+    """The CLI's own locks, taken in its order and released in reverse."""
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            take = exclusive_create if lock.kind == "create" else lock_directory
+            held.enter_context(take(lock.path, lock.stale))
         yield
-    else:
-        with exclusive_create(spec.lock_file, spec.lock_stale):
-            yield
+
+
+async def detached(work: Callable[..., _T], *args: Any) -> _T:
+    """``work(*args)`` in a daemon thread of its own: a call stuck on a hung path holds up neither
+    the loop nor the process's exit (the default executor's threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: Any, failed: bool) -> None:
+        if not done.done():
+            (done.set_exception if failed else done.set_result)(result)
+
+    def run() -> None:
+        result: Any
+        try:
+            result, failed = work(*args), False
+        except BaseException as exc:
+            result, failed = exc, True
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, failed)
+
+    threading.Thread(target=run, name="followed file", daemon=True).start()
+    return await done

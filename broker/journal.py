@@ -10,6 +10,13 @@ replays the answer through the provider's own refresh code, as if it had just ar
 The journal's key is a broker secret in the store, so the journal is as private as the
 store; the journal's lock is held for the helper's whole life, so a restarted daemon
 never reads a journal, or redeems a refresh token, while a helper of the last run is at work.
+
+An outcome nobody knows is never retried with the same refresh token: the helper leaves a
+mark (``<name>.sending``) just before its request goes out, and a request that may have
+reached the upstream without an answer coming back (a timeout, a dropped connection, a
+helper killed) raises RefreshUncertain. A helper that cannot journal (a full disk, a
+read-only state dir) still hands its answer over: the rotated token must not be lost too.
+Each answer carries a digest of its request, so a replay never stands in for another one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker import children
 from broker.atomic import replace_atomically
+from broker.errors import RefreshUncertain
 from broker.model import CredentialKey
 from flows.errors import TransportError
 from flows.http import HttpClient, HttpResponse
@@ -41,6 +49,14 @@ from flows.http import HttpClient, HttpResponse
 SECRET_NAME = "refresh-journal-key"
 DIRECTORY = "journal"
 _AAD = b"broker-journal/v1"
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """An answer from the journal, and the digest of the request it answered."""
+
+    response: HttpResponse
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,20 @@ class Journal:
         directory = state_dir / DIRECTORY
         return cls(directory / f"{name}.sealed", directory / f"{name}.lock", key)
 
+    @property
+    def mark(self) -> Path:
+        """Present from just before a request goes out until its outcome is handled."""
+        return self.path.with_suffix(".sending")
+
+    def mark_sending(self) -> None:
+        """Leave the mark (blocks: creates a file); raises OSError on a full or read-only disk."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.mark, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+
+    def was_sending(self) -> bool:
+        """Whether a request may have gone out whose outcome was never handled."""
+        return self.mark.exists()
+
     def write(self, answer: Mapping[str, Any]) -> None:
         """Seal ``answer`` (status, headers, text, url) durably (blocks: fsync)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -64,14 +94,15 @@ class Journal:
         sealed = AESGCM(self.key).encrypt(nonce, json.dumps(answer).encode(), _AAD)
         replace_atomically(self.path, base64.b64encode(nonce + sealed), 0o600)
 
-    def read(self) -> HttpResponse | None:
+    def read(self) -> Journaled | None:
         """The journaled answer; ``None`` when there is none or it cannot be opened."""
         try:
             raw = base64.b64decode(self.path.read_bytes(), validate=True)
             answer = json.loads(AESGCM(self.key).decrypt(raw[:12], raw[12:], _AAD))
-            return HttpResponse(
+            response = HttpResponse(
                 status=int(answer["status"]), headers=dict(answer["headers"]), text=answer["text"], url=answer["url"]
             )
+            return Journaled(response, str(answer.get("digest", "")))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, InvalidTag):
@@ -79,6 +110,7 @@ class Journal:
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.mark.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[int]:
@@ -139,11 +171,12 @@ class JournaledHttp(_PostsElsewhere):
         json_body: Mapping[str, Any] | None,
         headers: Mapping[str, str] | None,
     ) -> HttpResponse:
+        body = _body(form, json_body)
         order = {
             "method": "POST",
             "url": url,
-            "form": form if form is None or isinstance(form, str) else dict(form),
-            "json_body": None if json_body is None else dict(json_body),
+            **body,
+            "digest": request_digest(url, body),
             "headers": {**self.headers, **(headers or {})},
             "proxy": self.proxy,
             "timeout": self.timeout,
@@ -151,26 +184,50 @@ class JournaledHttp(_PostsElsewhere):
             "key": base64.b64encode(self.journal.key).decode(),
         }
         code, out = await _run_helper(json.dumps(order).encode(), self.journal)
+        where = url.split("?", 1)[0]
         try:
             answer = json.loads(out)
         except ValueError:
             journaled = await asyncio.to_thread(self.journal.read)  # it may have died after journaling
             if journaled is not None:
-                return journaled
-            raise TransportError(
-                f"{url.split('?', 1)[0]}: the refresh helper ended without an answer (exit {code})"
-            ) from None
+                return journaled.response
+            if await asyncio.to_thread(self.journal.was_sending):
+                raise uncertain(f"{where}: the refresh helper ended without an answer (exit {code})") from None
+            raise TransportError(f"{where}: the refresh helper ended before sending (exit {code})") from None
         if "transport_error" in answer:
+            if answer.get("maybe_delivered"):
+                raise uncertain(answer["transport_error"])
             raise TransportError(answer["transport_error"], answer.get("status"), answer.get("retry_after"))
         return HttpResponse(status=answer["status"], headers=answer["headers"], text=answer["text"], url=answer["url"])
+
+
+def uncertain(what: str) -> RefreshUncertain:
+    """A request that may have spent the refresh token, with no answer: the refresh token is not sent again."""
+    return RefreshUncertain(
+        f"{what}; the upstream may have replaced the refresh token, so broker does not send it again by itself",
+        "check it once with: broker refresh NAME (a dead login then says so), or log in again",
+    )
+
+
+def _body(form: str | Mapping[str, str] | None, json_body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A POST's body as the helper's order carries it."""
+    return {
+        "form": form if form is None or isinstance(form, str) else dict(form),
+        "json_body": None if json_body is None else dict(json_body),
+    }
+
+
+def request_digest(url: str, body: Mapping[str, Any]) -> str:
+    """What a journaled answer answered: its request's URL and body, hashed (the body holds a token)."""
+    return hashlib.sha256(json.dumps([url, body], sort_keys=True).encode()).hexdigest()
 
 
 class ReplayHttp(_PostsElsewhere):
     """The journaled answer stands in for a refresh's POST, once."""
 
-    def __init__(self, answer: HttpResponse, base: HttpClient) -> None:
+    def __init__(self, answer: Journaled, base: HttpClient) -> None:
         super().__init__(base)
-        self.answer: HttpResponse | None = answer
+        self.answer: Journaled | None = answer
 
     async def post(
         self,
@@ -180,9 +237,14 @@ class ReplayHttp(_PostsElsewhere):
         headers: Mapping[str, str] | None,
     ) -> HttpResponse:
         answer, self.answer = self.answer, None
-        if answer is None or answer.url != url.split("?", 1)[0]:
-            raise TransportError(f"{url.split('?', 1)[0]}: no journaled answer for this request")
-        return answer
+        if answer is None or answer.digest != request_digest(url, _body(form, json_body)):
+            raise StaleJournal(f"{url.split('?', 1)[0]}: the journaled answer is not for this request")
+        return answer.response
+
+
+class StaleJournal(Exception):
+    """The journaled answer answered another request: the credential has moved on since (its new
+    tokens were stored before the stop, or a new login replaced it). Nothing is sent instead."""
 
 
 async def _run_helper(order: bytes, journal: Journal) -> tuple[int, bytes]:

@@ -39,9 +39,19 @@ class OAuthError(FlowError):
 class TransportError(FlowError):
     """A fault worth retrying: the request may succeed if sent again later."""
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        *,
+        maybe_delivered: bool = False,
+    ) -> None:
         self.status = status
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
+        """The request may have reached the server, and no answer came back (a timeout, a dropped
+        connection): sent again, a single-use grant would be presented twice."""
         super().__init__(message)
 
 

@@ -129,9 +129,14 @@ class HttpClient:
                     url=_without_query(url),
                 )
         except TimeoutError:
-            raise TransportError(f"{_without_query(url)} did not answer within {self.timeout:g} s") from None
+            raise TransportError(
+                f"{_without_query(url)} did not answer within {self.timeout:g} s", maybe_delivered=True
+            ) from None
         except aiohttp.ClientError as exc:
-            raise TransportError(f"{_without_query(url)}: {type(exc).__name__}: {exc}") from None
+            raise TransportError(
+                f"{_without_query(url)}: {type(exc).__name__}: {exc}",
+                maybe_delivered=not isinstance(exc, aiohttp.ClientConnectorError),  # no connection: nothing sent
+            ) from None
 
 
 async def _read_body(content: aiohttp.StreamReader) -> bytes:

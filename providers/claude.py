@@ -4,7 +4,10 @@ Anthropic allows subscription (OAuth) tokens only inside Claude Code, so broker 
 not log in to Claude itself and its proxy does not serve it. What broker adds is one
 refresher for ``~/.claude/.credentials.json`` instead of one per running Claude Code:
 its refresh tokens rotate, and Claude Code instances that refresh the same copy log
-each other out.
+each other out. Claude Code refreshes 5 minutes before expiry, holding
+``.oauth_refresh.lock`` around its re-read, request and write (and then, where it can,
+the older ``~/.claude.lock``), and ``.storage-write.lock`` around each write: broker takes
+the same two locks in the same order, so the two never redeem one refresh token twice.
 
 Its refresh is Claude Code's (``@anthropic-ai/claude-code`` 2.1.332, the shipped bundle):
 a JSON body with ``grant_type``, ``refresh_token``, ``client_id`` and ``scope`` (the
@@ -25,7 +28,7 @@ from flows import refresh
 from flows.token import OAuthClient
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.endpoints import endpoints_from
-from providers.files import FileProblem, FollowedFile, file_path, home, require
+from providers.files import CliLock, FileProblem, FollowedFile, file_path, home, require
 from providers.wire import Wire
 
 NAME = "claude"
@@ -57,6 +60,11 @@ FILE_ACCOUNT = "claude-code"
 OAUTH_KEY = "claudeAiOauth"
 CONFIG_KEYS = ("endpoints", "base_url", "proxy", *WIRE.keys)
 LOGIN_HINT = "run: claude, then /login"
+REFRESH_LOCK = ".oauth_refresh.lock"
+REFRESH_LOCK_STALE = 60.0
+STORAGE_WRITE_LOCK = ".storage-write.lock"
+STORAGE_WRITE_STALE = 15.0
+"""Claude Code's locks (npm proper-lockfile: a directory, its mtime kept fresh by the holder)."""
 
 
 @dataclass
@@ -117,17 +125,20 @@ class ClaudeProvider(Provider):
         if not self.follow.enabled:
             return ()
         default = file_path(env, "CLAUDE_CONFIG_DIR", home(env) / ".claude", ".credentials.json")
+        path = self.follow.file or default
         return (
             FollowedFile(
                 provider=self.name,
                 account=FILE_ACCOUNT,
-                path=self.follow.file or default,
+                path=path,
                 cli="Claude Code",
                 parse=self._parse,
                 merge=_merge,
                 mode="lead" if self.follow.write_back else "follow",
                 login_hint=LOGIN_HINT,
                 lead=600.0,
+                refresh_locks=(CliLock(path.parent / REFRESH_LOCK, "mkdir", REFRESH_LOCK_STALE),),
+                write_locks=(CliLock(path.parent / STORAGE_WRITE_LOCK, "mkdir", STORAGE_WRITE_STALE),),
             ),
         )
 

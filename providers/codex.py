@@ -212,6 +212,10 @@ class CodexProvider(Provider):
                 merge=codex_file.merge,
                 mode="lead" if self.follow.write_back else "follow",
                 login_hint=codex_file.LOGIN_HINT,
+                lead=codex_file.LEAD,
+                contested_within=codex_file.REFRESHES_WITHIN,
+                programs=codex_file.PROGRAMS,
+                locate=codex_file.default_path,
             ),
         )
 

@@ -1,7 +1,11 @@
 """Codex CLI's ``auth.json``: where it is, what it holds, how refreshed tokens go back in.
 
-Codex rewrites this file by truncate+write (no rename) on every refresh, so a reader
-can catch it half-written; ``broker.followed`` keeps the last good credential then.
+Codex redeems its refresh token only once the access token has less than 5 minutes
+left (or an API request was refused), after re-reading this file; it sends the request first and locks
+(``auth.json.lock``, ``auth.lock``) only around its write. No lock of its keeps it from
+redeeming, so broker redeems only while the access token is still good for longer than
+its own request can take (``broker.refresher``). A reader can catch the file
+half-written; ``broker.followed`` keeps the last good credential then.
 With ``cli_auth_credentials_store = "keyring"`` Codex keeps its login in the OS
 keyring and deletes the file: logged in, but nothing here to follow.
 """
@@ -23,6 +27,12 @@ CLI = "Codex CLI"
 LOGIN_HINT = "run: codex login"
 HOME_VARIABLE = "CODEX_HOME"
 FILE_NAME = "auth.json"
+REFRESHES_WITHIN = 300.0
+"""Codex (0.171) refreshes once its access token has less than 5 minutes left, or none."""
+LEAD = 600.0
+"""broker refreshes first, with room for its own request on top of Codex's 5 minutes."""
+PROGRAMS = ("codex",)
+"""The native ``codex`` binary (the npm package's ``codex.js`` starts it)."""
 TOKENS = "tokens"
 API_KEY = "OPENAI_API_KEY"
 API_KEY_MODE = "apikey"

@@ -48,9 +48,31 @@ class FollowedFile:
     """What a person runs when the CLI's login is dead, e.g. ``run: codex login``."""
     lead: float = 300.0
     """Refresh this long before expiry, earlier than the CLI itself would, so it never has to."""
-    lock_file: Path | None = None
-    """The CLI's own lock, taken by exclusive create (Qwen Code), stale after ``lock_stale``."""
-    lock_stale: float = 10.0
+    refresh_locks: tuple[CliLock, ...] = ()
+    """The locks the CLI holds around its whole refresh (re-read, redeem, write): broker holds them too."""
+    write_locks: tuple[CliLock, ...] = ()
+    """The locks the CLI holds around each write of the file: broker holds them around its write-back."""
+    contested_within: float | None = None
+    """Seconds before expiry from which the CLI may redeem the refresh token itself, with no lock
+    broker can take (Codex: 0, at expiry). ``None``: never at the same moment as broker (its
+    refresh lock excludes it, or its refresh tokens do not rotate)."""
+    programs: tuple[str, ...] = ()
+    """Names of the CLI's processes (``/proc/PID/comm`` or the script run), to find it running."""
+    locate: Callable[[Mapping[str, str]], Path] | None = None
+    """The file a process of the CLI uses, from that process's environment (its home overrides)."""
+
+
+LockKind = Literal["create", "mkdir"]
+
+
+@dataclass(frozen=True)
+class CliLock:
+    """A lock a CLI takes: by exclusive create of a file (Qwen Code) or by ``mkdir`` (npm proper-lockfile)."""
+
+    path: Path
+    kind: LockKind
+    stale: float
+    """Seconds after which a lock nobody refreshed belongs to a dead process and is broken."""
 
 
 def home(env: Mapping[str, str]) -> Path:

@@ -30,7 +30,7 @@ from providers import qwen_file
 from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from providers.custom import verify_event
 from providers.endpoints import endpoints_from
-from providers.files import FollowedFile
+from providers.files import CliLock, FollowedFile
 from providers.jwt_claims import account_name, claims
 from providers.wire import Wire
 
@@ -178,8 +178,7 @@ class QwenProvider(Provider):
                 merge=qwen_file.merge,
                 mode="lead" if self.follow.write_back else "follow",
                 login_hint=qwen_file.LOGIN_HINT,
-                lock_file=qwen_file.lock_path(path),
-                lock_stale=qwen_file.LOCK_STALE,
+                refresh_locks=(CliLock(qwen_file.lock_path(path), "create", qwen_file.LOCK_STALE),),
             ),
         )
 

@@ -135,7 +135,7 @@ async def test_qwen_home_moves_the_file_and_its_lock(short_tmp: Path, qwen: Fake
         path = qwen_home / "oauth_creds.json"
         write(path, creds(qwen_auth(qwen), broker.clock.now()))
         state = await broker.file_state(path, "ok")
-        assert state.spec.lock_file == qwen_home / "oauth_creds.lock"
+        assert [lock.path for lock in state.spec.refresh_locks] == [qwen_home / "oauth_creds.lock"]
         assert (await broker.token("qwen"))["source"] == str(path)
     finally:
         await broker.stop()

@@ -1,4 +1,4 @@
-"""``broker status``: every credential with its state, expiry, source and last error."""
+"""``broker status``: every credential with its state, expiry, source and last error, and unusable CLI files."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':<12} error: {printable(error['code'])}: {printable(error['message'])}")
             if error.get("hint"):
                 print(f"{'':<12}        {printable(error['hint'])}")
+    for provider in listing["providers"]:  # followed CLI files broker cannot use, and why
+        for file in provider.get("files") or ():
+            if file.get("error"):
+                print(f"{provider['name']:<12} {file['cli'] + ' file':<28} {'error':<15} {printable(file['path'])}")
+                print(f"{'':<12} error: {printable(file['error']['message'])}")
+                if file["error"].get("hint"):
+                    print(f"{'':<12}        {printable(file['error']['hint'])}")
     for provider in listing["providers"]:  # local servers: no login, a probe's answer
         if not provider.get("accounts") and provider.get("state") in ("ready", "unreachable"):
             print(f"{provider['name']:<12} {'(local server)':<28} {provider['state']:<15} {provider.get('base_url')}")

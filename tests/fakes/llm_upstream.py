@@ -38,8 +38,9 @@ from typing import Any, Self
 from aiohttp import web
 from multidict import CIMultiDict
 
-CODEX_ORIGINATORS = frozenset({"codex_cli_rs", "codex_vscode", "codex-tui"})
-"""``default_client.rs`` ``is_first_party_originator``."""
+CODEX_ORIGINATORS = frozenset({"codex_cli_rs", "codex_vscode", "codex-tui", "codex_exec"})
+"""``default_client.rs`` ``is_first_party_originator``, and ``codex_exec``: what the real ``codex exec``
+0.171.0 sends on its refresh (tests/test_real_codex_race.py)."""
 CLOUDFLARE_PAGE = "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>cf challenge</body></html>"
 GATE_TIMEOUT = 10.0
 """A gate left closed this long opens by itself (and is counted), so a broken test fails instead of hanging."""

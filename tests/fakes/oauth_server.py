@@ -40,6 +40,7 @@ Policies:
 from __future__ import annotations
 
 import secrets
+import threading
 from collections import Counter, deque
 from typing import Any, Self
 
@@ -129,6 +130,11 @@ class FakeOAuthServer(ServedOnLoopback):
         self._store = Store()
         self._lock = self._store.lock
         self._faults: dict[str, deque[tuple[int, str]]] = {}
+        self.refresh_gate = threading.Event()
+        """Cleared: refresh answers wait (the refresh token already spent) until it is set again."""
+        self.refresh_gate.set()
+        self.refresh_held = threading.Event()
+        """Set once a refresh answer waits at the gate."""
         self._server = _AuthServer(
             self._store, access_token_lifetime=access_token_lifetime, rotate_refresh_tokens=rotate_refresh_tokens
         )
@@ -277,7 +283,10 @@ class FakeOAuthServer(ServedOnLoopback):
         def token() -> Response:
             with lock:
                 response: Response = server.create_token_response()
-                return response
+            if request.form.get("grant_type") == "refresh_token" and not self.refresh_gate.is_set():
+                self.refresh_held.set()  # a slow upstream: the token is rotated, its answer not yet out
+                self.refresh_gate.wait(30)
+            return response
 
         @app.post("/device_authorization")
         def device_authorization() -> Response:

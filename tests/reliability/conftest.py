@@ -144,8 +144,17 @@ class Rig:
         return credential
 
 
-async def start_rig(root: Path, upstream: FaultyUpstream, clock: FakeClock, *, timeout: float | None = None) -> Rig:
+async def start_rig(
+    root: Path,
+    upstream: FaultyUpstream,
+    clock: FakeClock,
+    *,
+    timeout: float | None = None,
+    state_dir: Path | None = None,
+) -> Rig:
     env = {k: v for k, v in isolated_env(root).items() if k not in CLI_ENV}
+    if state_dir is not None:
+        env["BROKER_STATE_DIR"] = str(state_dir)
     quick = "" if timeout is None else f"\n[http]\ntimeout = {timeout}\n"  # a hang then costs seconds
     Path(env["BROKER_CONFIG"]).write_text(acme_config(upstream) + quick)
     store = file_store(Path(env["BROKER_STATE_DIR"]))
