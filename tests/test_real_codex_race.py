@@ -102,11 +102,14 @@ class Race:
             f'[http]\ntimeout = 5\n[providers.codex.endpoints]\ntoken = "{auth.url}/oauth/token"\n'
         )
 
-    def sign_in(self, lifetime: int) -> None:
-        """``auth.json`` as Codex leaves it after signing in, its access token valid for ``lifetime`` s."""
-        self.auth.access_token_lifetime = lifetime
-        answer = self.auth._issue(ALICE)
-        self.auth.access_token_lifetime = 3600  # what every refresh issues
+    def sign_in(self, left: int, age: int = 0) -> None:
+        """``auth.json`` as Codex leaves it after signing in ``age`` s ago, its access token valid ``left`` s more."""
+        clock = self.auth.now
+        self.auth.now, self.auth.access_token_lifetime = (lambda: clock() - age), age + left
+        try:
+            answer = self.auth._issue(ALICE)
+        finally:
+            self.auth.now, self.auth.access_token_lifetime = clock, 3600  # what every refresh issues
         tokens = {key: answer[key] for key in ("id_token", "access_token", "refresh_token")}
         doc = {
             "auth_mode": "chatgpt",
@@ -193,7 +196,11 @@ async def at(offset: float, action: Awaitable[Any]) -> Any:
 async def run_race(race: Race, scenario: str, rng: random.Random) -> dict[str, Any]:
     """Both sides at their random moments; what Codex and a client of broker got."""
     loop = asyncio.get_running_loop()
-    race.sign_in(lifetime=-10 if scenario != "codex_starts_mid_refresh" else 500)  # within broker's lead
+    if scenario == "codex_starts_mid_refresh":
+        # Within broker's lead (never more than half the token's life), before Codex's own refresh moment.
+        race.sign_in(left=500, age=700)
+    else:
+        race.sign_in(left=-10)
     offset = rng.uniform(-0.5, 0.5)
     if scenario == "codex_starts_mid_refresh":
         offset = rng.uniform(0.0, 0.6)  # broker redeems at its start; Codex comes during the request
