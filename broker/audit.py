@@ -101,14 +101,29 @@ class AuditTrail:
         ]
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
+        """Append ``batch``, turning the file over whenever the next line would pass ``max_bytes``.
+
+        Line by line, not batch by batch: a burst bigger than the bound must not make the
+        file bigger than the bound.
+        """
         ensure_private_dir(self.path.parent)
-        data = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in batch).encode()
+        lines = [(json.dumps(entry, separators=(",", ":")) + "\n").encode() for entry in batch]
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
             size = 0
-        if size and size + len(data) > self.max_bytes:
-            os.replace(self.path, self._older)
+        while lines:
+            if size and size + len(lines[0]) > self.max_bytes:
+                os.replace(self.path, self._older)
+                size = 0
+            chunk: list[bytes] = []
+            while lines and (not chunk or size + len(lines[0]) <= self.max_bytes):
+                line = lines.pop(0)
+                chunk.append(line)
+                size += len(line)
+            self._append(b"".join(chunk))
+
+    def _append(self, data: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
