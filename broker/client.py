@@ -35,13 +35,10 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 
 def default_socket_path() -> str:
-    """Where the daemon listens: ``$BROKER_SOCKET``, else the config's or the default path."""
-    explicit = os.environ.get("BROKER_SOCKET")
-    if explicit:
-        return os.path.expanduser(explicit)
-    from broker.config import socket_path_from_env
+    """Where the daemon listens: ``$BROKER_SOCKET``, else the config's ``[daemon] socket`` or the default."""
+    from broker.locations import socket_path
 
-    return str(socket_path_from_env(os.environ))
+    return socket_path(os.environ)
 
 
 def quote(value: str) -> str:

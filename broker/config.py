@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
+from broker import locations
 from broker.errors import ConfigError
 
 __all__ = [
@@ -500,65 +501,27 @@ def _url_problem(value: str) -> str | None:
     return None
 
 
-_VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
 def _expand_path(value: str, env: Mapping[str, str]) -> Path:
     """``~`` then ``$VAR``/``${VAR}``; an unset variable is an error, not a literal."""
-    value = _tilde(value, env)
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1) if match.group(1) is not None else match.group(2)
-        if not env.get(name):
-            raise ValueError(f"${name} is not set (in {_quote(value)})")
-        return env[name]
-
-    expanded = _VAR.sub(substitute, value)
-    if "\0" in expanded:
-        raise ValueError("must not contain a NUL character")
-    if not os.path.isabs(expanded):
-        raise ValueError(f"must be an absolute path after expanding ~ and $VARS (got {_quote(expanded)})")
-    return Path(expanded)
+    return Path(locations.expand_path(value, env))
 
 
 # --- default locations --------------------------------------------------------------------
 
 
-def _home(env: Mapping[str, str]) -> str:
-    return env.get("HOME") or os.path.expanduser("~")
-
-
-def _tilde(value: str, env: Mapping[str, str]) -> str:
-    if value == "~" or value.startswith("~/"):
-        return _home(env) + value[1:]
-    return os.path.expanduser(value)  # ~user, or nothing to do
-
-
-def _xdg(env: Mapping[str, str], name: str, fallback: str) -> Path:
-    """An XDG base directory; relative values are ignored, as the spec says."""
-    value = env.get(name, "")
-    return Path(value) if os.path.isabs(value) else Path(_home(env), fallback)
-
-
 def default_config_path(env: Mapping[str, str] = os.environ) -> Path:
     """``$XDG_CONFIG_HOME/broker/config.toml`` (``~/.config/broker/config.toml``)."""
-    return _xdg(env, "XDG_CONFIG_HOME", ".config") / "broker" / "config.toml"
+    return Path(locations.default_config_path(env))
 
 
 def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
     """``$XDG_STATE_HOME/broker`` (``~/.local/state/broker``)."""
-    return _xdg(env, "XDG_STATE_HOME", ".local/state") / "broker"
+    return Path(locations.xdg(env, "XDG_STATE_HOME", ".local/state"), "broker")
 
 
 def default_socket_path(env: Mapping[str, str] = os.environ) -> Path:
-    """``$XDG_RUNTIME_DIR/broker/broker.sock``, else ``/tmp/broker-$UID/broker.sock``.
-
-    Not ``$TMPDIR``: the daemon and every client must agree on the path without talking.
-    """
-    runtime = env.get("XDG_RUNTIME_DIR", "")
-    if os.path.isabs(runtime):
-        return Path(runtime, "broker", "broker.sock")
-    return Path("/tmp", f"broker-{os.getuid()}", "broker.sock")  # noqa: S108
+    """``$XDG_RUNTIME_DIR/broker/broker.sock``, else ``/tmp/broker-$UID/broker.sock``."""
+    return Path(locations.default_socket_path(env))
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -585,8 +548,8 @@ def _env_path(env: Mapping[str, str], name: str) -> Path | None:
 
 def read_source(env: Mapping[str, str] = os.environ) -> ConfigSource:
     """The config file's text, or an empty source when there is no file (no file is fine)."""
-    explicit = _env(env, "BROKER_CONFIG")
-    path = Path(os.path.abspath(_tilde(explicit, env))) if explicit else default_config_path(env)
+    name, explicit = locations.config_path(env)
+    path = Path(name)
     shown = ConfigSource(path, "", env).name
     try:
         raw = path.read_bytes()
@@ -697,19 +660,9 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
 
 
 def socket_path_from_env(env: Mapping[str, str] = os.environ) -> Path:
-    """The daemon's socket, found cheaply for clients: ``BROKER_SOCKET``, ``[daemon] socket``, default.
+    """The daemon's socket as clients find it: ``BROKER_SOCKET``, ``[daemon] socket``, default.
 
-    Tradeoff: the file is parsed and validated only when its text could set ``socket``
-    (the word appears, or a ``\\u`` escape could spell it). Otherwise the default is used
-    without importing tomllib, so a client may not report a broken file that has no
-    ``socket`` key; the daemon, which always runs ``load_settings``, does. A file that
-    could set it is validated in full, so a client never connects to a socket the
-    daemon would refuse to use.
+    Only that key is read (``broker.locations``): a mistake elsewhere in the file is the
+    daemon's to report, and never stops a client.
     """
-    from_env = _env_path(env, "BROKER_SOCKET")
-    if from_env is not None:
-        return from_env
-    source = read_source(env)
-    if not any(word in source.text for word in ("socket", "\\u", "\\U")):
-        return default_socket_path(env)
-    return load_settings(env).socket_path
+    return Path(locations.socket_path(env))

@@ -513,9 +513,35 @@ def test_socket_lookup_defaults_without_a_file(env: dict[str, str]) -> None:
     assert socket_path_from_env(env) == default_socket_path(env)
 
 
-def test_socket_lookup_skips_parsing_a_file_without_a_socket_key(env: dict[str, str]) -> None:
-    write_config(env, "[daemon\nbroken = \n")
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        '[store]\nbackend = "nope"  # the socket is not here\n',
+        "[refresh]\nmargin = \n",
+        '[providers.acme\ntype = "oauth"\n',
+        "[providers.acme]\nflow = 'device\n",
+        "[unknown]\nsocket = 1\n",
+    ],
+    ids=["bad value", "syntax error", "broken header", "unclosed string", "unknown table"],
+)
+def test_socket_lookup_reads_only_the_daemon_table(env: dict[str, str], elsewhere: str) -> None:
+    write_config(env, f'[daemon]\nsocket = "/file/broker.sock"\n{elsewhere}')
+    assert socket_path_from_env(env) == Path("/file/broker.sock")
+    write_config(env, elsewhere)
     assert socket_path_from_env(env) == default_socket_path(env)
+
+
+def test_socket_lookup_reads_a_dotted_or_inline_daemon_key(env: dict[str, str]) -> None:
+    write_config(env, 'daemon.socket = "/dotted.sock"\n[store]\nbroken\n')
+    assert socket_path_from_env(env) == Path("/dotted.sock")
+    write_config(env, 'daemon = { socket = "/inline.sock" }\n')
+    assert socket_path_from_env(env) == Path("/inline.sock")
+
+
+def test_socket_lookup_reports_a_broken_daemon_table(env: dict[str, str]) -> None:
+    write_config(env, '[store]\nbackend = "file"\n[daemon]\nsocket = "/a.sock\n')
+    with pytest.raises(ConfigError, match=r"conf\.toml:4: "):
+        socket_path_from_env(env)
 
 
 def test_socket_lookup_validates_a_file_that_may_set_the_socket(env: dict[str, str]) -> None:
