@@ -6,19 +6,21 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from broker import __version__
+from broker import __version__, hints
 from broker.audit import AuditTrail
 from broker.caller_policy import allows, refusal, restricted
 from broker.callers import Peer
 from broker.clock import Clock
 from broker.credentials import CredentialSet
-from broker.errors import BadRequest, BrokerError, NotLoggedIn, UnknownProvider
+from broker.errors import BadRequest, BrokerError, ConfigError, NotLoggedIn, StoreError, UnknownProvider
 from broker.log_throttle import Throttle
 from broker.logins import Logins
 from broker.metrics import Metrics
@@ -47,6 +49,10 @@ class Api:
     proxy: AuthProxy | None = None
     """The auth-injecting local proxy, when it runs."""
     audit: AuditTrail | None = None
+    config_catch_up: Callable[[], Awaitable[None]] | None = None
+    """Reloads the config when its file changed since it was read (the daemon's ``catch_up``)."""
+    config_state: Callable[[], tuple[Path | None, ConfigError | None]] = lambda: (None, None)
+    """The config file the daemon reads, and why its current text was refused (``None``: it was not)."""
     _refusals: Throttle = field(default_factory=Throttle)
     _encoded: dict[CredentialKey, tuple[Credential, Provider, int | None, bytes]] = field(default_factory=dict)
 
@@ -73,8 +79,33 @@ class Api:
                 "pid": os.getpid(),
                 "store": self.store_description(),
                 "store_error": None if error is None else error.to_wire()["error"],
+                **self._config_fields(),
+                "time": time.time(),
             }
         )
+
+    def _config_fields(self) -> dict[str, Any]:
+        path, error = self.config_state()
+        return {"config": None if path is None else str(path), "config_error": _wire(error)}
+
+    async def provider(self, name: str) -> Provider:
+        """The provider named ``name``; an unknown name first makes the daemon catch up with an edited config."""
+        try:
+            return self.registry().get(name)
+        except UnknownProvider as unknown:
+            if self.config_catch_up is not None:
+                await self.config_catch_up()
+            if name in self.registry():
+                return self.registry().get(name)
+            path, error = self.config_state()
+            if error is not None:
+                unknown.hint = (
+                    f"the config file does not load, so the daemon still runs its previous one: {error.message}; "
+                    "fix it and the daemon reloads it by itself"
+                )
+            elif path is not None:
+                unknown.hint = unknown.hint.replace("to the config", f"to {path}")
+            raise
 
     async def token(self, request: web.Request) -> web.Response:
         min_ttl, account = DEFAULT_MIN_TTL, None
@@ -91,7 +122,7 @@ class Api:
         self, name: str, account: str | None, min_ttl: float, peer: Peer
     ) -> tuple[Provider, Credential]:
         """What ``/v1/token`` and the proxy serve to ``peer``, if its ``callers`` let it; audited."""
-        provider = self.registry().get(name)
+        provider = await self.provider(name)
         if restricted(provider.callers):
             self._check_caller(provider, peer)
         if not provider.needs_credential:
@@ -123,7 +154,7 @@ class Api:
 
     async def proxy_client(self, request: web.Request) -> web.Response:
         """The proxy's base URL for a provider and its key, shaped like a token answer."""
-        provider = self.registry().get(request.match_info["provider"])
+        provider = await self.provider(request.match_info["provider"])
         if self.proxy is None:
             raise BadRequest(
                 "the auth proxy is off", "start it with: broker serve --proxy-port PORT (or [proxy] port in the config)"
@@ -133,41 +164,53 @@ class Api:
         if provider.needs_credential:
             key = self.key_of(provider, account)  # not logged in: say so now, not at the tool's first request
             if self.credentials.get(key) is None:
-                raise NotLoggedIn(
-                    f"{provider.name}: no login for account {account!r}", f"run: broker login {provider.name}"
-                )
+                raise hints.not_logged_in(provider, account, self.credentials)
         return web.json_response(answer)
 
     async def providers(self, request: web.Request) -> web.Response:
+        """Every provider with its accounts and followed files: ``broker status`` and ``broker providers``."""
         registry = self.registry()
-        probed = await self._probe(registry)
+        probed = await self._probe(registry) if request.query.get("probe") != "0" else {}
         listed = []
         for provider in registry:
             order = self.credentials.accounts(provider.name, provider.follow.prefer == "file")
             held = [self.credentials.get((provider.name, account)) for account in order]
-            accounts = [self._account_state(credential) for credential in held if credential is not None]
+            accounts = [self._account_state(credential, provider) for credential in held if credential is not None]
             files = self._files_of(provider.name)
             overall = probed.get(provider.name) or _overall(accounts)
             if overall == "logged_out" and any(f["state"] == "error" for f in files):
                 overall = "error"
-            listed.append({**provider.describe(), "state": overall, "accounts": accounts, "files": files})
+            listed.append(
+                {
+                    **provider.describe(),
+                    "state": overall,
+                    "default_account": order[0] if order else None,
+                    "accounts": accounts,
+                    "files": files,
+                }
+            )
         orphans = [c for c in self.credentials.all() if c.provider not in registry]
         for credential in orphans:
             state = self._account_state(credential)
-            state.update(state="error", last_error=UnknownProvider("no longer configured").to_wire()["error"])
-            listed.append({"name": credential.provider, "state": "error", "accounts": [state]})
+            gone = UnknownProvider(
+                f"{credential.provider} is no longer in the config",
+                f"run: broker logout {credential.provider} --account {credential.account}",
+            )
+            state.update(state="error", last_error=gone.to_wire()["error"], fix=gone.hint)
+            listed.append({"name": credential.provider, "state": "error", "default_account": None, "accounts": [state]})
         error = self.credentials.load_error
         return web.json_response(
             {
                 "providers": listed,
                 "store": self.store_description(),
-                "store_error": None if error is None else error.to_wire()["error"],
+                "store_error": _wire(error),
+                **self._config_fields(),
             }
         )
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["provider"]
-        self.registry().get(name)
+        provider = await self.provider(name)
         body = await read_json(request)
         unknown = set(body) - LOGIN_FIELDS
         if unknown:
@@ -180,6 +223,7 @@ class Api:
             secret=_optional_str(body, "secret"),
             enterprise_url=_optional_str(body, "enterprise_url"),
         )
+        provider.check_login_request(login)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
         await response.prepare(request)
 
@@ -209,14 +253,17 @@ class Api:
 
     async def logout(self, request: web.Request) -> web.Response:
         name = request.match_info["provider"]
-        self.registry_or_stored(name)
+        await self.registry_or_stored(name)
         accounts = self.credentials.accounts(name)
         if request.query.get("all") in ("1", "true"):
             chosen = accounts
         elif "account" in request.query:
             chosen = [request.query["account"]]
         elif len(accounts) > 1:
-            raise BadRequest(f"{name} has several accounts: {', '.join(accounts)}", "pass --account NAME or --all")
+            raise BadRequest(
+                f"{name} has several accounts: {', '.join(accounts)}",
+                f"run: broker logout {name} --account {accounts[0]} (or --all)",
+            )
         else:
             chosen = accounts
         deleted = []
@@ -226,41 +273,49 @@ class Api:
                 self._encoded.pop((name, account), None)
                 deleted.append(account)
         if not deleted:
-            raise NotLoggedIn(f"{name}: nothing to log out", f"accounts: {', '.join(accounts) or 'none'}")
+            raise NotLoggedIn(
+                f"{name}: nothing to log out" + (f" as {chosen[0]!r}" if chosen else ""),
+                f"{name} has {', '.join(accounts)}: pass one with --account" if accounts else "",
+            )
         return web.json_response({"provider": name, "deleted": deleted})
 
     async def refresh(self, request: web.Request) -> web.Response:
-        provider, key = self._resolve(request)
+        provider = await self.provider(request.match_info["provider"])
+        if not provider.needs_credential:
+            raise BadRequest(
+                f"{provider.name} is a local server without auth: there is nothing to refresh",
+                "run: broker status (it says whether the server answers)",
+            )
+        key = self.key_of(provider, request.query.get("account"))
         credential = self.credentials.get(key)
         if credential is None:
-            raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
+            raise hints.not_logged_in(provider, key[1], self.credentials)
         if not provider.can_refresh(credential):
-            raise BadRequest(f"{provider.name} tokens do not expire and have nothing to refresh")
+            raise BadRequest(
+                f"{provider.name}: the {key[1]} credential does not expire: there is nothing to refresh",
+                f"run: broker token {provider.name}" + (f" --account {key[1]}" if request.query.get("account") else ""),
+            )
         fresh = await self.refresher.refresh_now(key, WAIT_LIMIT, asked=True)
         self.refresher.ensure_watched(key)
-        return web.json_response(self._account_state(fresh))
+        return web.json_response(self._account_state(fresh, provider))
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(len(self.credentials.all())), content_type="text/plain")
 
-    def registry_or_stored(self, name: str) -> None:
+    async def registry_or_stored(self, name: str) -> None:
         """Logging out of a provider removed from the config must still work."""
         if name not in self.registry() and not self.credentials.accounts(name):
-            self.registry().get(name)
-
-    def _resolve(self, request: web.Request) -> tuple[Provider, CredentialKey]:
-        return self.resolve(request.match_info["provider"], request.query.get("account"))
-
-    def resolve(self, name: str, account: str | None) -> tuple[Provider, CredentialKey]:
-        """The provider and the key of the asked account, else of the default one."""
-        provider = self.registry().get(name)
-        return provider, self.key_of(provider, account)
+            await self.provider(name)
 
     def key_of(self, provider: Provider, account: str | None) -> CredentialKey:
         if account is None:
             account = self.credentials.default_account(provider.name, provider.follow.prefer == "file")
             if account is None:
-                raise self.credentials.load_error or self._not_logged_in(provider.name)
+                unreadable = self.credentials.load_error
+                if unreadable is None:
+                    raise hints.not_logged_in(provider, None, self.credentials)
+                login = f" ({provider.login_hint()})" if unreadable.hint.endswith("log in again") else ""
+                raise StoreError(unreadable.message, unreadable.hint + login)
         return provider.name, account
 
     async def _probe(self, registry: Registry) -> dict[str, str]:
@@ -268,13 +323,6 @@ class Api:
         providers = [p for p in registry if not p.needs_credential]
         states = await asyncio.gather(*(p.probe(self.refresher.context) for p in providers))
         return {p.name: state for p, state in zip(providers, states, strict=True) if state}
-
-    def _not_logged_in(self, name: str) -> NotLoggedIn:
-        """No credential: say why when a followed file is the reason."""
-        for state in self.credentials.followed.states.values():
-            if state.spec.provider == name and state.problem is not None:
-                return NotLoggedIn(f"{name}: not logged in; {state.problem.message}", state.problem.hint)
-        return NotLoggedIn(f"{name}: not logged in", f"run: broker login {name}")
 
     def _files_of(self, name: str) -> list[dict[str, Any]]:
         """The CLI files a provider follows, each with what broker found there."""
@@ -329,21 +377,42 @@ class Api:
             "refreshable": credential.provider in self.registry() and self.refresher.refreshable(credential.key),
         }
 
-    def _account_state(self, credential: Credential) -> dict[str, Any]:
+    def _account_state(self, credential: Credential, provider: Provider | None = None) -> dict[str, Any]:
         status = self.refresher.status(credential.key)
         now = self.clock.now()
         state = status.state
         if state == "ready" and credential.remaining(now) <= 0:
             state = "expired"
         error = status.last_error
+        default = provider is not None and credential.account == self.credentials.default_account(
+            provider.name, provider.follow.prefer == "file"
+        )
         return {
             "account": credential.account,
+            "default": default,
             "state": state,
             **self._lasting(credential),
             "next_refresh_at": None if status.next_refresh_at is None else int(status.next_refresh_at),
             "source": credential.source,
-            "last_error": None if error is None else error.to_wire()["error"],
+            "last_error": _wire(error),
+            "fix": self._fix(credential, provider, state, error),
         }
+
+    def _fix(
+        self, credential: Credential, provider: Provider | None, state: str, error: BrokerError | None
+    ) -> str | None:
+        """What the person runs when this account needs them; ``None`` when it does not."""
+        if state in ("ready", "refreshing"):
+            return None
+        if error is not None and error.hint:
+            return error.hint
+        if provider is None:
+            return None
+        return hints.relogin(provider, credential.account, self.credentials)
+
+
+def _wire(error: BrokerError | None) -> dict[str, Any] | None:
+    return None if error is None else error.to_wire()["error"]
 
 
 def _overall(accounts: list[dict[str, Any]]) -> str:

@@ -1,7 +1,9 @@
 """Wires the parts into one daemon: store, credentials, refresher, logins, server.
 
 Also the process's life: SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the
-config, and systemd hears READY=1 / STATUS= / STOPPING=1 when it runs us.
+config, and systemd hears READY=1 / STATUS= / STOPPING=1 when it runs us. An edited
+config file is reloaded without SIGHUP: the file is watched, and a request naming a
+provider the daemon does not know first catches up with the file as it is now.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from broker import locations
 from broker.api import Api
 from broker.audit import FILE_NAME as AUDIT_FILE
 from broker.audit import AuditTrail
@@ -92,11 +95,28 @@ class Daemon:
         self._stopped = asyncio.Event()
         self.socket_path: Path | None = None
         self._reloading: asyncio.Task[None] | None = None
+        self.config_error: ConfigError | None = None
+        """Why the config file as it is now was refused; the daemon serves the one it read before."""
+        self._config_seen = _identity(self.config_file)
+        self._config_watcher: Watcher | None = None
 
     def registry(self) -> Registry:
         return self._registry
 
+    @property
+    def config_file(self) -> Path:
+        """The file the config comes from, whether it exists yet or not."""
+        return Path(locations.config_path(self.env)[0])
+
     async def start(self, sock: socket.socket | None = None) -> None:
+        try:
+            await self._start(sock)
+        except BaseException:
+            await self._close_servers()  # a refused start (socket in use) leaves no session or thread behind
+            await self._release()
+            raise
+
+    async def _start(self, sock: socket.socket | None) -> None:
         if self.store is None:
             self.store = await asyncio.to_thread(open_store, self.settings.store_backend, self.settings.state_dir)
         self.credentials = CredentialSet(self.store, FollowedFiles(self._followed_files()))
@@ -129,6 +149,8 @@ class Daemon:
             self.clock,
             store.describe,
             audit=self.audit,
+            config_catch_up=self.catch_up,
+            config_state=lambda: (self.settings.config_path or self.config_file, self.config_error),
         )
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.add_routes(guarded_routes(api.routes()))
@@ -145,6 +167,8 @@ class Daemon:
         await site.start()
         self.refresher.watch_all()
         self._start_watcher()
+        self._config_watcher = Watcher([self.config_file], self._config_changed)
+        self._config_watcher.start()
         count = len(self.credentials.all())
         log.info("ready socket=%s store=%s credentials=%d", self.socket_path or "systemd", store.name, count)
         notify("READY=1", f"STATUS=serving {count} credential(s), store: {store.name}")
@@ -206,22 +230,43 @@ class Daemon:
             else:
                 self.refresher.watch(key)
 
+    async def _config_changed(self, path: Path) -> None:
+        await self.catch_up()
+
+    async def catch_up(self) -> None:
+        """Reload when the config file is not the one last read, and wait for it to take effect."""
+        if _identity(self.config_file) != self._config_seen:
+            self.reload()
+        if self._reloading is not None:
+            await asyncio.wait([self._reloading])  # its failure is logged; the caller only waits
+
     async def stop(self) -> None:
         notify("STOPPING=1")
         log.info("stopping")
-        if self._watcher is not None:
-            await self._watcher.stop()
+        await self._close_servers()
+        await self._release()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
+        self._stopped.set()
+
+    async def _close_servers(self) -> None:
         servers = [self._runner.cleanup()] if self._runner is not None else []
         if self.proxy is not None:
             servers.append(self.proxy.stop())
         await asyncio.gather(*servers)  # in-flight requests of both finish in the same window
-        await self.refresher.close()
-        await self.audit.flush()
+
+    async def _release(self) -> None:
+        """Watchers, reloads, timers, the audit trail and the HTTP session: what runs beside the servers."""
+        await asyncio.gather(*(w.stop() for w in (self._watcher, self._config_watcher) if w is not None))
+        if self._reloading is not None:
+            self._reloading.cancel()
+            await asyncio.gather(self._reloading, return_exceptions=True)
+        if hasattr(self, "refresher"):
+            await self.refresher.close()
+        if hasattr(self, "audit"):
+            await self.audit.flush()
         if self._session is not None:
             await self._session.close()
-        if self.socket_path is not None:
-            self.socket_path.unlink(missing_ok=True)
-        self._stopped.set()
 
     def reload(self) -> asyncio.Task[None] | None:
         """SIGHUP: re-read the config; a bad file keeps the old one running.
@@ -229,21 +274,30 @@ class Daemon:
         Returns the task that finishes the reload (the followed files), ``None`` if the config was refused.
         """
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._config_seen = _identity(self.config_file)
         try:
             settings = load_settings(self.env)
             registry = build_registry(settings.root.section("providers"))
         except ConfigError as exc:
+            self.config_error = exc
             log.error("reload failed, keeping the old config: %s", exc)
             notify("READY=1", f"STATUS=config reload failed, still serving the old one: {exc}")
             return None
+        self.config_error = None
         self.settings, self._registry = settings, registry
         self.refresher.margin = settings.refresh_margin
         self.refresher.context.timeout = settings.http_timeout  # logins share this context
-        self._reloading = asyncio.get_running_loop().create_task(self._refollow(), name="reload followed files")
+        previous = self._reloading
+        self._reloading = asyncio.get_running_loop().create_task(self._refollow(previous), name="reload followed files")
         return self._reloading
 
-    async def _refollow(self) -> None:
-        """The followed CLI files the new config names: new ones read and watched, dropped ones let go."""
+    async def _refollow(self, previous: asyncio.Task[None] | None = None) -> None:
+        """The followed CLI files the new config names: new ones read and watched, dropped ones let go.
+
+        One reload at a time: a watcher's and a SIGHUP's may come together.
+        """
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
         specs = self._followed_files()
         before = set(self.credentials.followed.states)
         for key in await self.credentials.refollow(specs):
@@ -258,6 +312,15 @@ class Daemon:
         count = len(self.credentials.all())
         log.info("config reloaded providers=%d followed_files=%d", len(list(self._registry)), len(specs))
         notify("READY=1", f"STATUS=serving {count} credential(s), config reloaded")
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of a file from another without reading it; ``None``: no file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _journal_key(store: Store) -> bytes:
@@ -329,6 +392,9 @@ def configure_logging(level: str) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_one_printable_line)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(
+        logging.INFO
+    )  # a line per inotify event: a log beside a watched file feeds itself
     logging.getLogger("aiohttp.server").addFilter(_no_request_dumps)
     logging.getLogger("aiohttp.server").addFilter(ThrottleFilter())  # anyone may send malformed requests
 

@@ -134,7 +134,7 @@ class DaemonUnavailable(BrokerError):
     code = "daemon_unavailable"
     status = 503
     exit_status = 69
-    default_hint = "start it with: broker serve   (or: systemctl --user start broker.socket)"
+    default_hint = "run: broker serve   (or: systemctl --user start broker.socket)"
 
 
 _BY_CODE: dict[str, type[BrokerError]] = {

@@ -7,6 +7,7 @@ the login's id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -61,9 +62,12 @@ class Logins:
         try:
             credential = await provider.login(ctx, request)
         except FlowError as exc:
-            error = to_broker_error(exc, provider_name, "login")
+            error = to_broker_error(exc, provider_name, "login", provider.login_hint(request.account))
             log.warning("login failed provider=%s code=%s: %s", provider_name, error.code, error.message)
             raise error from None
+        except asyncio.CancelledError:
+            log.info("login cancelled provider=%s: the client went away (Ctrl-C)", provider_name)
+            raise
         finally:
             for login_id in mine:
                 self._pending.pop(login_id, None)
@@ -80,7 +84,7 @@ class Logins:
         """A pasted redirect URL for a pending code-grant login."""
         login = self._pending.get(login_id)
         if login is None:
-            raise BadRequest("no login in progress with that id", "start again: broker login NAME")
+            raise BadRequest("no login in progress with that id", "start the login again with broker login")
         try:
             login.submit_redirect(url)
         except RedirectError as exc:

@@ -178,7 +178,7 @@ class AuthProxy:
             refused = error_response(
                 Forbidden(
                     "the proxy needs its key (Authorization: Bearer, x-api-key or api-key)",
-                    f"get it with: broker env {name} --proxy",
+                    f"run: broker env {name} --proxy",
                 ),
                 status=401,
             )

@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from broker import cliprocs
+from broker import cliprocs, hints
 from broker.audit import AuditTrail
 from broker.clock import Clock
 from broker.credentials import CredentialSet
@@ -175,7 +175,7 @@ class Refresher:
         """
         credential = self.credentials.get(key)
         if credential is None:
-            raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
+            raise hints.not_logged_in(self.registry().get(key[0]), key[1], self.credentials)
         now = self.clock.now()
         if credential.remaining(now) >= min_ttl:
             return credential  # nearly every request ends here
@@ -297,7 +297,7 @@ class Refresher:
         """One refresh; with ``replay``, the journaled answer of one a crash cut short stands in for the network."""
         credential = self.credentials.get(key)
         if credential is None:
-            raise NotLoggedIn(f"{key[0]}: no login for account {key[1]!r}", f"run: broker login {key[0]}")
+            raise hints.not_logged_in(self.registry().get(key[0]), key[1], self.credentials)
         provider = self.registry().get(credential.provider)
         status = self.status(key)
         status.state = "refreshing"
@@ -349,7 +349,8 @@ class Refresher:
         if kept is None:  # a logout or a new login came meanwhile: it stays
             latest = self.credentials.get(key)
             if latest is None:
-                raise NotLoggedIn(f"{key[0]}: logged out during the refresh", f"run: broker login {key[0]}")
+                relogin = hints.relogin(self.registry().get(key[0]), key[1], self.credentials)
+                raise NotLoggedIn(f"{key[0]}: logged out during the refresh", relogin)
             return latest
         status.state, status.last_error, status.failures = "ready", None, 0
         status.last_refresh_at = self.clock.now()
@@ -367,6 +368,10 @@ class Refresher:
             return
         if isinstance(error, RefreshUncertain):
             status.state = "uncertain"
+            error.hint = (  # the commands for this very login
+                f"check it once (a dead login then says so): run: broker refresh {key[0]} --account {key[1]}; "
+                f"or log in again: {hints.relogin(self.registry().get(key[0]), key[1], self.credentials)}"
+            )
         else:
             status.failures += 1
             status.state = "login_required" if isinstance(error, LoginRequired) else "error"
@@ -405,8 +410,8 @@ class Refresher:
         else:
             who = f"{spec.cli} refreshes it itself when it next runs, and may start at any moment"
             hint = (
-                f"use {spec.cli} once, and broker serves what it writes; or, while no {spec.cli} runs: "
-                f"broker refresh {key[0]} --account {key[1]}"
+                f"use {spec.cli} once, and broker serves what it writes; or, while no {spec.cli} runs, "
+                f"run: broker refresh {key[0]} --account {key[1]}"
             )
         error = LeftToCli(
             f"{key[0]}: the token in {spec.path} {when}; {who}: broker never redeems a refresh token "
@@ -559,7 +564,10 @@ class Refresher:
                 f"let {state.spec.cli} refresh it ({state.spec.login_hint.removeprefix('run: ')}), "
                 f"or set write_back = true under [providers.{name}]",
             )
-        return LoginRequired(f"{name}: the token expired and cannot be refreshed", f"run: broker login {name}")
+        return LoginRequired(
+            f"{name}: the token expired and cannot be refreshed",
+            hints.relogin(self.registry().get(name), credential.account, self.credentials),
+        )
 
     async def _call_provider(
         self, provider: Provider, credential: Credential, replay: Journaled | None = None
@@ -584,7 +592,8 @@ class Refresher:
                     raise to_broker_error(exc, provider.name, "refresh") from None
                 await self.clock.sleep(delay)
             except FlowError as exc:
-                raise to_broker_error(exc, provider.name, "refresh") from None
+                relogin = hints.relogin(provider, credential.account, self.credentials)
+                raise to_broker_error(exc, provider.name, "refresh", relogin) from None
         raise AssertionError("unreachable")
 
     def _context_for(self, key: CredentialKey, replay: Journaled | None) -> ProviderContext:

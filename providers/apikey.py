@@ -46,17 +46,28 @@ class Service:
     api: str
     auth: str = "bearer"
     key_label: str = "API key"
+    owner: str | None = None
+    """Whose key it is, when the title says more than that (a config entry); else the title."""
+
+    @property
+    def key_name(self) -> str:
+        """What the key is called, e.g. Google Gemini API key: a word the owner ends with is not said twice."""
+        owner, label = (self.owner or self.title).split(), self.key_label.split()
+        if owner and label and owner[-1] == label[0]:
+            label = label[1:]
+        return " ".join([*owner, *label])
 
 
 SERVICES = (
     Service("anthropic", "Anthropic", "https://api.anthropic.com", "anthropic", "x-api-key"),
-    Service("minimax", "MiniMax (Anthropic-compatible)", "https://api.minimax.io/anthropic", "anthropic", "x-api-key"),
+    Service("minimax", "MiniMax (Anthropic-compatible)", "https://api.minimax.io/anthropic", "anthropic", "x-api-key",
+            owner="MiniMax"),
     Service("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "openai-chat"),
     Service("xai", "xAI Grok", "https://api.x.ai/v1", "openai-chat"),
     Service("openai", "OpenAI", "https://api.openai.com/v1", "openai-chat"),
     Service("deepseek", "DeepSeek", "https://api.deepseek.com", "openai-chat"),
-    Service("moonshot", "Kimi / Moonshot", "https://api.moonshot.ai/v1", "openai-chat"),
-    Service("glm", "GLM (Zhipu / Z.ai)", "https://api.z.ai/api/paas/v4", "openai-chat"),
+    Service("moonshot", "Kimi / Moonshot", "https://api.moonshot.ai/v1", "openai-chat", owner="Moonshot"),
+    Service("glm", "GLM (Zhipu / Z.ai)", "https://api.z.ai/api/paas/v4", "openai-chat", owner="Z.ai"),
     Service("groq", "Groq", "https://api.groq.com/openai/v1", "openai-chat"),
     Service("mistral", "Mistral", "https://api.mistral.ai/v1", "openai-chat"),
     Service("together", "Together", "https://api.together.xyz/v1", "openai-chat"),
@@ -67,7 +78,7 @@ SERVICES = (
     Service("dashscope", "Alibaba DashScope", "https://dashscope.aliyuncs.com/compatible-mode/v1", "openai-chat"),
     Service("azure", "Azure OpenAI", None, "openai-chat", "api-key"),
     Service("bedrock", "Amazon Bedrock through a LiteLLM proxy", "http://localhost:4000/v1", "openai-chat",
-            key_label="LiteLLM key"),
+            key_label="proxy key", owner="LiteLLM"),
 )  # fmt: skip
 """Every built-in API-key provider; ``azure`` builds its base URL from the config."""
 
@@ -105,6 +116,7 @@ class ApiKeyProvider(Provider):
         service = Service(
             name=name,
             title=f"API-key endpoint {name} from config",
+            owner=name,
             base_url=section.url("base_url"),
             api=section.choice("api", APIS, "openai-chat"),
             auth=section.choice("auth_header", AUTH_HEADERS, "bearer"),
@@ -136,7 +148,7 @@ class ApiKeyProvider(Provider):
             headers=section.str_table("headers"),
             query=section.str_table("query"),
             proxy=section.optional_str("proxy"),
-            secret_prompt=f"{service.title} {service.key_label}",
+            secret_prompt=service.key_name,
         )
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any, Literal
 
 import aiohttp
 
+from broker import login_options
+from broker.errors import BadRequest
 from broker.model import Credential
 from flows.http import DEFAULT_TIMEOUT, HttpClient
 from flows.pkce import PkceLogin
@@ -110,6 +113,44 @@ class Provider(abc.ABC):
     """Which of the user's processes may take its tokens (``[providers.NAME] callers``); ``None``: any."""
     terms: str | None = None
     """Why its default ``callers`` are what they are: the provider's own rule, in a sentence."""
+    cli_login: str | None = None
+    """For a provider whose only login is another CLI's (Claude Code, Gemini CLI, gcloud): what to run there."""
+    takes_enterprise_url: bool = False
+    """Whether ``broker login --enterprise-url`` means something here (GitHub Enterprise, self-managed GitLab)."""
+
+    def login_hint(self, account: str | None = None) -> str:
+        """The command that signs in to this provider (as ``account``): one that works for it, never a circle."""
+        if self.cli_login is not None:
+            return self.cli_login
+        if not self.needs_credential:
+            return f"{self.name} needs no login: run: broker token {self.name}"
+        return f"run: broker login {self.name}" + (f" --account {shlex.quote(account)}" if account else "")
+
+    def login_options(self) -> tuple[str, ...]:
+        """The ``broker login`` options this provider takes, as a person types them."""
+        return login_options.offered(
+            self.flows,
+            secret=bool(self.secret_prompt),
+            enterprise_url=self.takes_enterprise_url,
+        )
+
+    def check_login_request(self, request: LoginRequest) -> None:
+        """Refuse what this provider's login does not take, naming what it does take."""
+        refused = login_options.refused(
+            self.flows,
+            secret=bool(self.secret_prompt),
+            enterprise_url=self.takes_enterprise_url,
+            flow=request.flow,
+            given_url=request.enterprise_url,
+            given_secret=request.secret,
+        )
+        if refused is None:
+            return
+        takes = self.login_options()
+        raise BadRequest(
+            f"{self.name} does not take {refused}",
+            f"{self.name} takes: {', '.join(takes)}" if takes else self.login_hint(),
+        )
 
     def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
         """The CLI files this provider can follow, at their effective paths; none by default."""
@@ -154,9 +195,11 @@ class Provider(abc.ABC):
             "flows": list(self.flows),
             "auth": self.auth,
             "description": self.description,
-            "login": f"broker login {self.name}",
+            "login": self.login_hint().removeprefix("run: "),
             "secret_prompt": self.secret_prompt,
             "secret_env": self.secret_env,
             "callers": None if self.callers is None else list(self.callers),
+            "login_options": list(self.login_options()),
+            "takes_enterprise_url": self.takes_enterprise_url,
             **(self.wire.describe() if self.wire else {}),
         }

@@ -80,6 +80,7 @@ class ClaudeProvider(Provider):
     proxy_allowed: bool = False
     callers: tuple[str, ...] | None = ("claude",)  # and what it starts: Claude Code's apiKeyHelper, for one
     terms: str | None = "Anthropic allows this login only in Claude Code"
+    cli_login: str | None = LOGIN_HINT
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> ClaudeProvider:

@@ -87,6 +87,7 @@ class CopilotProvider(Provider):
     proxy: str | None = None
     api: str = API
     flows: tuple[str, ...] = ("device",)
+    takes_enterprise_url: bool = True
     description: str = "GitHub Copilot: GitHub device login, then Copilot's short-lived token"
 
     @property

@@ -61,6 +61,7 @@ class GeminiProvider(Provider):
     api: str = API
     base_url: str | None = BASE_URL
     flows: tuple[str, ...] = ("file",)
+    cli_login: str | None = LOGIN_HINT
     description: str = DESCRIPTION
     endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
     wire: Wire = WIRE

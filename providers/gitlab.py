@@ -105,6 +105,7 @@ class GitLabProvider(Provider):
     wire: Wire = WIRE
     feature_flags: Mapping[str, bool] = field(default_factory=lambda: dict(FEATURE_FLAGS))
     flows: tuple[str, ...] = ("pat",)
+    takes_enterprise_url: bool = True
     description: str = "GitLab Duo: a personal access token, then GitLab's short-lived AI gateway token"
     secret_prompt: str | None = "GitLab personal access token"
     secret_env: str | None = "GITLAB_TOKEN"

@@ -56,6 +56,7 @@ class VertexProvider(Provider):
     base_url: str | None = None
     """Only when the config fixes it (``base_url``, or ``project``); else each file's project decides."""
     flows: tuple[str, ...] = ("file",)
+    cli_login: str | None = LOGIN_HINT
     description: str = DESCRIPTION
     token_override: str | None = None
     """``[providers.vertex.endpoints] token``: wins over the file's ``token_uri``."""

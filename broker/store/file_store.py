@@ -169,7 +169,7 @@ class FileStore:
     def _damaged(self, problem: str, hint: str | None = None) -> _Damaged:
         return _Damaged(
             f"{self.path} {problem}",
-            hint or f"move it aside: {self._mv_aside()}, then log in again",
+            hint or f"move it aside (run: {self._mv_aside()}), then log in again",
         )
 
     def _mv_aside(self) -> str:
@@ -186,7 +186,7 @@ class FileStore:
         if envelope.get("version") != VERSION:
             raise self._damaged(
                 f"has store format version {envelope.get('version')!r}; this broker reads {VERSION}",
-                hint=f"run a broker that reads it, or move it aside: {self._mv_aside()}",
+                hint=f"use a broker that reads it, or move it aside (run: {self._mv_aside()}), then log in again",
             )
         try:
             nonce = base64.b64decode(envelope["nonce"], validate=True)
@@ -206,7 +206,7 @@ class FileStore:
         written_with = envelope.get("key_source", "an unknown source")
         restore = (
             f"restore the key it was written with (key from {written_with}), "
-            f"or move it aside: {self._mv_aside()}, then log in again"
+            f"or move it aside (run: {self._mv_aside()}), then log in again"
         )
         # A missing or wrong key is not damage: restoring the key must make the file
         # usable again, so these do not mark the file as broken.
