@@ -17,13 +17,6 @@ from broker.errors import BadRequest
 
 def run(args: argparse.Namespace) -> int:
     argv = list(args.argv)
-    while argv and argv[0] in ("--proxy", "--account"):  # given after NAME, argparse leaves them in argv
-        if argv.pop(0) == "--proxy":
-            args.proxy = True
-        elif argv:
-            args.account = argv.pop(0)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     if not argv:
         raise BadRequest("no command given", f"usage: broker exec {args.provider} -- COMMAND [ARGS...]")
     with client(args) as daemon:
