@@ -64,7 +64,7 @@ def test_a_followed_path_that_is_not_a_file_is_a_clear_error_and_blocks_nothing(
     assert f"is {described}, not a regular file" in str(error["message"]), error
     assert "remove it" in str(error["hint"])
     status = daemon.cli("status")
-    assert status.returncode == 0 and described in status.stdout, status.stdout
+    assert status.returncode == 1 and described in status.stdout, "a broken file needs the user: " + status.stdout
     stops_within_two_seconds(daemon)
 
 
