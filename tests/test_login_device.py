@@ -84,9 +84,9 @@ def test_human_login_shows_code_and_url(daemon: DaemonProcess, oauth: FakeOAuthS
     login = daemon.popen("login", "acme", "--no-browser")
     assert login.stderr is not None
     first = login.stderr.readline()
-    second = login.stderr.readline()
-    assert f"open {oauth.url}/device" in first
-    code = second.rsplit(":", 1)[1].strip()
+    assert f"open {oauth.url}/device" in first and first.rstrip().endswith("enter this code:")
+    assert login.stderr.readline() == "\n"
+    code = login.stderr.readline().strip()
     oauth.approve(code)
     assert login.wait(timeout=10) == 0
     assert "logged in to acme as alice@example.com" in login.stderr.read()

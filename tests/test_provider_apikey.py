@@ -144,7 +144,7 @@ def test_login_never_takes_the_key_from_the_providers_environment_variable(daemo
     daemon.env["OPENAI_API_KEY"] = "sk-exported-for-another-tool"
     result = daemon.cli("login", "openai")  # stdin is not a terminal and no --key-stdin
     assert result.returncode == 2
-    assert "needs a OpenAI API key" in result.stderr and "--token-stdin" in result.stderr
+    assert "openai asks for its OpenAI API key" in result.stderr and "--token-stdin" in result.stderr
     assert "sk-exported-for-another-tool" not in daemon.cli("status", "--json").stdout
     login_key(daemon, "openai")
     assert token(daemon, "openai")["access_token"] == KEY

@@ -127,9 +127,9 @@ def test_a_refreshable_login_says_broker_renews_it(daemon: DaemonProcess, oauth:
     daemon.start()
     login = daemon.popen("login", "acme", "--no-browser")
     assert login.stderr is not None
-    while "enter the code" not in (line := login.stderr.readline()):
+    while not (line := login.stderr.readline()).startswith("    "):  # the code, on a line of its own
         assert line, "the login ended early"
-    oauth.approve(line.rsplit(" ", 1)[-1].strip())
+    oauth.approve(line.strip())
     _, err = login.communicate(timeout=30)
     assert "the token expires in 59m; broker renews it ahead of each expiry" in err
     assert "not renewable" not in daemon.cli("status").stdout

@@ -85,10 +85,10 @@ def login_device(daemon: DaemonProcess, oauth: FakeOAuthServer, transcript: Tran
     login = daemon.popen("login", provider, "--no-browser")
     assert login.stderr is not None
     shown: list[str] = []
-    while "enter the code:" not in (line := login.stderr.readline()):
+    while not (line := login.stderr.readline()).startswith("    "):  # the code, on a line of its own
         assert line, "".join(shown)
         shown.append(line)
-    oauth.approve(line.split("enter the code:")[1].strip())
+    oauth.approve(line.strip())
     stdout, rest = login.communicate(timeout=30)
     transcript.add_process(("login", provider), stdout, "".join(shown) + line + rest)
     assert login.returncode == 0, rest
@@ -155,14 +155,14 @@ def test_no_token_or_secret_appears_in_any_log_output_or_error(daemon: DaemonPro
         for kind in ("500", "429", "reset", "invalid_json"):
             flaky.inject(kind, 3)
             run(daemon, "refresh", "flaky", ok=False)
-            run(daemon, "status")
-        run(daemon, "status", "--json")
+            run(daemon, "status", ok=False)  # a failing refresh needs the user: status says so in its exit
+        run(daemon, "status", "--json", ok=False)
         oauth.revoke_all_refresh_tokens()
         run(daemon, "refresh", "acme", ok=False)
         run(daemon, "refresh", "acme", "--json", ok=False)
         run(daemon, "token", "acme", "--min-ttl", "86400")
-        run(daemon, "status")
-        run(daemon, "status", "--json")
+        run(daemon, "status", ok=False)
+        run(daemon, "status", "--json", ok=False)
         run(daemon, "refresh", "openai", ok=False)
         run(daemon, "token", "nope", ok=False)
         run(daemon, "logout", "acme-pkce")
