@@ -2,8 +2,11 @@
 
 Prints a table: median and p90 wall time over N runs of
 - ``python -c 'import socket, json'`` (the floor: an interpreter that opens a socket),
-- ``broker token bench`` against a running daemon holding a credential.
-Both use the interpreter the console script uses (the virtualenv's).
+- ``broker token bench`` against a running daemon holding a credential, the socket named
+  by ``BROKER_SOCKET``,
+- the same with the socket named by ``[daemon] socket`` in the config file instead (the
+  client then parses the file: tomllib's import is the difference).
+All use the interpreter the console script uses (the virtualenv's).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def summary(samples: list[float]) -> tuple[float, float]:
 
 FLOOR = "python -c 'import socket, json'"
 TOKEN = "broker token bench"
+TOKEN_CONFIG = "  socket from config.toml"
 
 
 def measure(runs: int = RUNS) -> dict[str, list[float]]:
@@ -45,17 +49,26 @@ def measure(runs: int = RUNS) -> dict[str, list[float]]:
         running_daemon_with_token(Path(root)) as daemon,
     ):
         env = daemon.env
+        from_config = config_env(Path(root), env)
         script = str(Path(sys.executable).with_name("broker"))
         floor = [sys.executable, "-c", "import socket, json"]
         entry = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "broker"]
         token = [*entry, "token", "bench"]
         for _ in range(3):
-            timed(floor, env), timed(token, env)
-        rows: dict[str, list[float]] = {FLOOR: [], TOKEN: []}
+            timed(floor, env), timed(token, env), timed(token, from_config)
+        rows: dict[str, list[float]] = {FLOOR: [], TOKEN: [], TOKEN_CONFIG: []}
         for _ in range(runs):
             rows[FLOOR].append(timed(floor, env))
             rows[TOKEN].append(timed(token, env))
+            rows[TOKEN_CONFIG].append(timed(token, from_config))
     return rows
+
+
+def config_env(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the socket named by the config file, not ``BROKER_SOCKET``."""
+    config = root / "client-config.toml"
+    config.write_text(f'[daemon]\nsocket = "{env["BROKER_SOCKET"]}"\n\n' + Path(env["BROKER_CONFIG"]).read_text())
+    return {**{k: v for k, v in env.items() if k != "BROKER_SOCKET"}, "BROKER_CONFIG": str(config)}
 
 
 def editable_install() -> bool:
