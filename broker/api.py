@@ -115,7 +115,7 @@ class Api:
             account = query.get("account")
         name = request.match_info["provider"]
         provider, credential = await self.fresh_token(name, account, min_ttl, peer_of(request))
-        body = self._token_bytes(provider, credential)
+        body = self.token_bytes(provider, credential)
         return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     async def fresh_token(
@@ -155,17 +155,19 @@ class Api:
     async def proxy_client(self, request: web.Request) -> web.Response:
         """The proxy's base URL for a provider and its key, shaped like a token answer."""
         provider = await self.provider(request.match_info["provider"])
-        if self.proxy is None:
+        if self.proxy is None or self.proxy.key is None:
             raise BadRequest(
                 "the auth proxy is off", "start it with: broker serve --proxy-port PORT (or [proxy] port in the config)"
             )
         account = request.query.get("account")
         answer = self.proxy.client_answer(provider, account)
-        if provider.needs_credential:
-            key = self.key_of(provider, account)  # not logged in: say so now, not at the tool's first request
-            if self.credentials.get(key) is None:
-                raise hints.not_logged_in(provider, account, self.credentials)
+        self.require_login(provider, account)
         return web.json_response(answer)
+
+    def require_login(self, provider: Provider, account: str | None) -> None:
+        """Not logged in: say so now, not at the tool's first request through the proxy."""
+        if provider.needs_credential and self.credentials.get(self.key_of(provider, account)) is None:
+            raise hints.not_logged_in(provider, account, self.credentials)
 
     async def providers(self, request: web.Request) -> web.Response:
         """Every provider with its accounts and followed files: ``broker status`` and ``broker providers``."""
@@ -343,7 +345,7 @@ class Api:
             )
         return files
 
-    def _token_bytes(self, provider: Provider, credential: Credential) -> bytes:
+    def token_bytes(self, provider: Provider, credential: Credential) -> bytes:
         """The encoded token answer, reused while credential, provider and ``expires_in`` hold.
 
         Thousands of requests a second ask for the same few credentials; only

@@ -51,7 +51,7 @@ _TOP_LEVEL = {
     "store": ("backend", "state_dir"),
     "refresh": ("margin",),
     "http": ("timeout",),
-    "proxy": ("port", "host", "header_timeout"),
+    "proxy": ("port", "host", "header_timeout", "extra_addresses"),
     "providers": None,  # each provider's keys are checked by the provider itself
 }
 
@@ -611,6 +611,8 @@ class Settings:
     proxy_host: str = "127.0.0.1"
     proxy_header_timeout: float = DEFAULT_HEADER_TIMEOUT
     """Seconds a proxy connection may take to send a request with the proxy key."""
+    proxy_extra_addresses: tuple[tuple[str, int | None], ...] = ()
+    """Where else the proxy listens (a container bridge's address), each with its port (``None``: the proxy's)."""
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     """Seconds one outbound request (refresh, login step, probe) may take in all."""
 
@@ -655,8 +657,40 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         proxy_port=tables["proxy"].int("port", min=0, max=65535) if "port" in tables["proxy"] else None,
         proxy_host=tables["proxy"].choice("host", PROXY_HOSTS, "127.0.0.1"),
         proxy_header_timeout=tables["proxy"].float("header_timeout", DEFAULT_HEADER_TIMEOUT, min=0.1, max=600),
+        proxy_extra_addresses=_extra_addresses(tables["proxy"]),
         http_timeout=tables["http"].float("timeout", DEFAULT_HTTP_TIMEOUT, min=0.1, max=600),
     )
+
+
+def _extra_addresses(proxy: Section) -> tuple[tuple[str, int | None], ...]:
+    """``[proxy] extra_addresses``: IP addresses, each maybe with a port (``ADDR``, ``ADDR:PORT``, ``[V6]:PORT``)."""
+    import ipaddress
+
+    addresses: list[tuple[str, int | None]] = []
+    for entry in proxy.str_list("extra_addresses"):
+        host, port = entry, ""
+        if entry.startswith("[") and "]" in entry:
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":")
+        elif entry.count(":") == 1:
+            host, _, port = entry.partition(":")
+        try:
+            address = ipaddress.ip_address(host)
+            number = int(port) if port else None
+        except ValueError:
+            raise proxy.error("extra_addresses", f"{entry!r} is not an IP address with an optional :PORT") from None
+        if address.is_unspecified:
+            raise proxy.error(
+                "extra_addresses",
+                f"{entry!r} would open the proxy to every network: name the container bridge's address "
+                "(e.g. 172.17.0.1 for Docker's docker0)",
+            )
+        if number is not None and not 1 <= number <= 65535:
+            raise proxy.error("extra_addresses", f"{entry!r}: the port must be between 1 and 65535")
+        if number is None and "port" not in proxy:
+            raise proxy.error("extra_addresses", "needs [proxy] port, or a port with each address (ADDR:PORT)")
+        addresses.append((str(address), number))
+    return tuple(addresses)
 
 
 def socket_path_from_env(env: Mapping[str, str] = os.environ) -> Path:

@@ -41,6 +41,7 @@ from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.model import CredentialKey
 from broker.proxy import AuthProxy
+from broker.proxy_api import ProxyRoutes
 from broker.proxy_auth import load_or_create_key
 from broker.refresher import Refresher
 from broker.sanitize import printable
@@ -152,11 +153,13 @@ class Daemon:
             config_catch_up=self.catch_up,
             config_state=lambda: (self.settings.config_path or self.config_file, self.config_error),
         )
+        self.proxy = api.proxy = await self._proxy(api)
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-        app.add_routes(guarded_routes(api.routes()))
+        app.add_routes(guarded_routes([*api.routes(), *ProxyRoutes(api, self.proxy, store).routes()]))
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
-        await self._start_proxy(api)
+        if self.proxy.key is not None:
+            await self.proxy.start()
         if sock is None:
             sock = systemd_socket()
         if sock is None:
@@ -194,22 +197,24 @@ class Daemon:
             await self.refresher.check_cut_short(left)
             await asyncio.to_thread(inflight.forget_left_over)
 
-    async def _start_proxy(self, api: Api) -> None:
-        """The auth proxy, when ``--proxy-port`` or ``[proxy] port`` asks for it; its key lives in the store."""
-        settings = self.settings
-        if settings.proxy_port is None or self.store is None:
-            return
-        key = await load_or_create_key(self.store)
-        proxy = AuthProxy(
+    async def _proxy(self, api: Api) -> AuthProxy:
+        """The auth proxy: on, with its key from the store, when ``--proxy-port`` or ``[proxy] port`` asks for it.
+
+        Otherwise it has no key of its own and listens, on loopback only, from the first ``broker exec`` lease on.
+        """
+        settings, store = self.settings, self.store
+        assert store is not None
+        configured = settings.proxy_port is not None
+        return AuthProxy(
             api.fresh_token,
             self.registry,
-            key,
+            await load_or_create_key(store) if configured else None,
             host=settings.proxy_host,
-            port=settings.proxy_port,
+            port=settings.proxy_port or 0,
+            extra_addresses=settings.proxy_extra_addresses if configured else (),
             header_timeout=settings.proxy_header_timeout,
+            metrics=self.metrics.proxy,
         )
-        await proxy.start()
-        self.proxy = api.proxy = proxy
 
     def _followed_files(self) -> list[FollowedFile]:
         return [spec for provider in self._registry for spec in provider.followed_files(self.env)]

@@ -6,6 +6,7 @@
      ├── NotLoggedIn                not_logged_in        404  exit 3
      ├── LoginRequired              login_required       401  exit 3
      ├── LoginFailed                login_failed         400  exit 1
+     ├── Unauthorized               unauthorized         401  exit 1
      ├── Forbidden                  forbidden            403  exit 1
      ├── RefreshFailed              refresh_failed       502  exit 1
      │    ├── RefreshUncertain      refresh_uncertain    502  exit 1
@@ -85,6 +86,13 @@ class LoginFailed(BrokerError):
     status = 400
 
 
+class Unauthorized(BrokerError):
+    """The auth proxy's answer to a request without its key, or with a wrong or expired one."""
+
+    code = "unauthorized"
+    status = 401
+
+
 class Forbidden(BrokerError):
     code = "forbidden"
     status = 403
@@ -146,6 +154,7 @@ _BY_CODE: dict[str, type[BrokerError]] = {
         NotLoggedIn,
         LoginRequired,
         LoginFailed,
+        Unauthorized,
         Forbidden,
         RefreshFailed,
         RefreshUncertain,

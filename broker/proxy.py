@@ -6,26 +6,31 @@ the proxy swaps that key for the provider's current token and required headers o
 every request and streams the answer back as it arrives (SSE included), so a token
 that rotates every 25 minutes (Copilot) never reaches the tool.
 
-- Loopback only; the proxy key is required (401 without it, nothing forwarded, the
-  connection closed); until a connection shows it, ``broker.proxy_guard`` keeps it short.
+- Loopback, plus the addresses ``[proxy] extra_addresses`` names (``broker.proxy_listen``).
+  A key is required: the proxy's own, or a ``broker exec`` child's lease for the provider
+  it asks for (``broker.proxy_leases``); without one, 401 ``unauthorized``, nothing
+  forwarded, the connection closed. Until a connection shows a key,
+  ``broker.proxy_guard`` keeps it short.
 - The client's auth and hop-by-hop headers are dropped, and so is every header or query
   parameter carrying the proxy key; the provider's are set.
 - A path is checked as the upstream may read it: decoded (repeatedly), ``\\`` as ``/``,
   ``;parameters`` dropped; a ``.`` or ``..`` segment is refused.
 - A client that goes away cancels the handler (aiohttp's handler cancellation), and
   with it the upstream request.
-- One log line per request, naming provider, method, path and status: never a key
-  or a query string. Refused requests log at a bounded rate (``broker.log_throttle``).
+- One log line per request, however it ends (a client that hangs up, an upstream that
+  breaks off, an error): method, path, account, status, bytes, time, never a key or a
+  query string; and the same in ``/metrics`` (``broker.metrics.ProxyMetrics``). Refused
+  requests are all counted but logged at a bounded rate (``broker.log_throttle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
@@ -37,11 +42,14 @@ from yarl import URL
 from broker.caller_policy import restricted
 from broker.callers import Peer
 from broker.config import DEFAULT_HEADER_TIMEOUT
-from broker.errors import BadRequest, BrokerError, Forbidden, UpstreamUnavailable
+from broker.errors import BadRequest, BrokerError, Forbidden, Unauthorized, UpstreamUnavailable
 from broker.log_throttle import Throttle
+from broker.metrics import ProxyMetrics
 from broker.model import Credential
-from broker.proxy_auth import KEY_HEADERS, holds_key, query_without_key
+from broker.proxy_auth import KEY_HEADERS, presented_keys, query_without_key, same_key
 from broker.proxy_guard import Guard, GuardedSite, seats
+from broker.proxy_leases import Leases
+from broker.proxy_listen import listening_socket, url_host
 from broker.sanitize import printable, upstream_text
 from broker.server import error_response
 from providers.base import Provider
@@ -73,15 +81,19 @@ FreshToken = Callable[[str, str | None, float, Peer], Awaitable[tuple[Provider, 
 
 
 class AuthProxy:
+    """The proxy: its listeners, its own key (``None`` while only ``broker exec`` leases use it), its leases."""
+
     def __init__(
         self,
         fresh: FreshToken,
         registry: Callable[[], Registry],
-        key: str,
+        key: str | None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        extra_addresses: Sequence[tuple[str, int | None]] = (),
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the proxy listens on loopback only, not {host}")
@@ -90,19 +102,34 @@ class AuthProxy:
         self.key = key
         self.host = host
         self.port = port
+        self.extra_addresses = tuple(extra_addresses)
+        self.metrics = metrics or ProxyMetrics()
+        self.leases = Leases()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._starting = asyncio.Lock()
         self._refusals = Throttle()
         self._guard = Guard(seats(), header_timeout)
         self._peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
+
+    @property
+    def listening(self) -> bool:
+        return self._runner is not None
 
     async def start(self) -> None:
-        """Listen on ``host:port`` (port 0: any free one, read back into ``port``)."""
+        """Listen on ``host:port`` (port 0: any free one, read back into ``port``) and the extra addresses.
+
+        Does nothing when it listens already (``broker exec`` starts a proxy that is off on demand).
+        """
+        async with self._starting:
+            if self._runner is None:
+                await self._start()
+
+    async def _start(self) -> None:
         self._session = aiohttp.ClientSession(
             trust_env=True,
             auto_decompress=False,
@@ -114,19 +141,27 @@ class AuthProxy:
         app.router.add_route("*", "/{provider}", self.forward)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
+        host, port = self.host, self.port
         try:
-            sock = socket.create_server((self.host, self.port), family=_family(self.host), backlog=socket.SOMAXCONN)
-            await GuardedSite(self._runner, sock, self._guard, access_log=None).start()
+            sock = listening_socket(host, port)
+            self.port = int(sock.getsockname()[1])
+            sockets = [sock]
+            for host, extra_port in self.extra_addresses:
+                port = extra_port or self.port
+                sockets.append(listening_socket(host, port, freebind=True))
         except OSError as exc:
             await self.stop()
             raise BrokerError(
-                f"the proxy cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
-                "pick another port: broker serve --proxy-port PORT, or [proxy] port in the config",
+                f"the proxy cannot listen on {url_host(host)}:{port}: {exc.strerror or exc}",
+                "pick another port or address: [proxy] port and extra_addresses in the config",
             ) from None
-        self.port = int(sock.getsockname()[1])
-        log.info("proxy listening on %s", self.base_url)
+        for listener in sockets:
+            await GuardedSite(self._runner, listener, self._guard, access_log=None).start()
+        shown = ", ".join(f"http://{url_host(h)}:{p or self.port}" for h, p in self.extra_addresses)
+        log.info("proxy listening on %s%s", self.base_url, f" and {shown}" if shown else "")
 
     async def stop(self) -> None:
+        self.leases.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -134,18 +169,18 @@ class AuthProxy:
             await self._session.close()
             self._session = None
 
-    def client_answer(self, provider: Provider, account: str | None = None) -> dict[str, Any]:
+    def client_answer(self, provider: Provider, account: str | None = None, key: str | None = None) -> dict[str, Any]:
         """What a tool needs to use ``provider`` through the proxy, shaped like a token answer.
 
         Without an account the proxy serves the provider's default one, whichever that is
-        at each request; ``/NAME@ACCOUNT`` pins one.
+        at each request; ``/NAME@ACCOUNT`` pins one. ``key``: a lease's instead of the proxy's own.
         """
-        self._check_allowed(provider)
+        self.check_allowed(provider)
         target = quote(provider.name, safe="") + ("" if account is None else "@" + quote(account, safe="@"))
         return {
             "provider": provider.name,
             "account": account,
-            "access_token": self.key,
+            "access_token": key or self.key,
             "token_type": "Bearer",
             "expires_at": None,
             "expires_in": None,
@@ -166,39 +201,81 @@ class AuthProxy:
         return (name, account) if at and account else (segment, None)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers."""
-        started = time.monotonic()
+        """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers; one log line."""
         name, account = self._target(request.match_info["provider"])
         path, _, query = request.raw_path.partition("?")  # raw: the client's percent-encoding is kept
         tail = path.split("/", 2)[2] if path.count("/") >= 2 else ""
-        shown = printable(f"/{name}/{tail}")[:SHOWN_PATH]  # for log lines: never the query string
-        if not holds_key(request.headers, self.key, query):
-            refusal = "proxy refused %s %s: no or wrong proxy key"
-            self._refusals.log(log, logging.WARNING, refusal, request.method, shown)
-            refused = error_response(
-                Forbidden(
-                    "the proxy needs its key (Authorization: Bearer, x-api-key or api-key)",
-                    f"run: broker env {name} --proxy",
-                ),
-                status=401,
-            )
+        exchange = Exchange(
+            request.method,
+            printable(f"/{name}/{tail}")[:SHOWN_PATH],  # for log lines: never the query string
+            name if name in self.registry() else "",  # a metrics label: never a name anyone may make up
+        )
+        try:
+            key = self._authorize(request.headers, query, name, account)
+        except Unauthorized as exc:
+            refusal = "proxy refused %s %s: %s"
+            self._refusals.log(log, logging.WARNING, refusal, request.method, exchange.shown, exc.message)
+            self.metrics.record(exchange.provider, exc.status)
+            refused = error_response(exc)
             refused.force_close()  # a key-less connection gets one answer, not a seat
             return refused
         self._guard.trust(request.protocol)
+        try:
+            return await self._pass(request, exchange, name, account, tail, query, key)
+        except BrokerError as exc:
+            exchange.status = exc.status
+            return error_response(exc)
+        except asyncio.CancelledError:
+            exchange.cut_short("client", "client hung up")
+            raise
+        finally:
+            self._done(exchange)
+
+    def _authorize(self, headers: Mapping[str, str], query: str, name: str, account: str | None) -> str:
+        """The key the request presented that opens ``name``: the proxy's own or a lease for it."""
+        for presented in presented_keys(headers, query):
+            if self.key is not None and same_key(presented, self.key):
+                return presented
+            lease = self.leases.find(presented)
+            if lease is not None and lease.opens(name, account):
+                return presented
+            if lease is not None:
+                raise Unauthorized(
+                    f"this key opens only {lease.provider}{'@' + lease.account if lease.account else ''}",
+                    f"run the tool with broker exec {name} -- TOOL",
+                )
+        raise Unauthorized(
+            "the proxy needs its key (Authorization: Bearer, x-api-key or api-key): none or a wrong one was sent",
+            f"run: broker env {name} --proxy (a key from broker exec ends with its process)",
+        )
+
+    async def _pass(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        name: str,
+        account: str | None,
+        tail: str,
+        query: str,
+        key: str,
+    ) -> web.StreamResponse:
         provider = self.registry().get(name)
-        self._check_allowed(provider)
+        self.check_allowed(provider)
         if climbs_out(tail):
             raise BadRequest("the path may not contain '.' or '..' segments, however encoded")
         provider, credential = await self.fresh(name, account, MIN_TTL, self._peer(request))
+        exchange.account = credential.account
         served = provider.served(credential)
         base_url = served.get("base_url")
         if not base_url:
             raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
-        query = _query(query_without_key(query, self.key), served.get("query") or {})
+        query = _query(query_without_key(query, key), served.get("query") or {})
         url = URL(f"{str(base_url).rstrip('/')}/{tail}" + query, encoded=True)
-        headers = _upstream_headers(request.headers, served, credential.access_token, self.key)
+        headers = _upstream_headers(request.headers, served, credential.access_token, key)
         body = await request.read()
+        exchange.sent = len(body)
         assert self._session is not None
+        asked = time.monotonic()
         try:
             upstream = await self._session.request(
                 request.method,
@@ -210,20 +287,38 @@ class AuthProxy:
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = _reason(exc)
-            log.warning("proxy %s %s -> upstream %s unreachable: %s", request.method, shown, url.host, reason)
+            exchange.status, exchange.ending = 502, f"upstream {url.host} unreachable: {reason}"
             down = UpstreamUnavailable(
                 f"{name}: the upstream at {url.host} did not answer ({reason})",
                 "check that the service is up and reachable from this machine (network, HTTPS_PROXY)",
             )
             return error_response(down, status=502)
+        self.metrics.upstream_answered(exchange.provider, time.monotonic() - asked)
+        exchange.status = upstream.status
+        return await _relay(request, upstream, exchange, lambda: self._done(exchange))
 
-        def done(sent: int) -> None:
-            log.info("proxy %s %s account=%s -> %d, %d bytes, %.0f ms", request.method, shown, credential.account,
-                     upstream.status, sent, 1000 * (time.monotonic() - started))  # fmt: skip
+    def _done(self, exchange: Exchange) -> None:
+        """The request's one log line and its metrics; once, whichever way it ended."""
+        if exchange.logged:
+            return
+        exchange.logged = True
+        self.metrics.record(exchange.provider, exchange.status, sent=exchange.sent, received=exchange.received)
+        if exchange.cut_by:
+            self.metrics.cut_short[(exchange.provider, exchange.cut_by)] += 1
+        level = logging.WARNING if exchange.ending else logging.INFO
+        log.log(
+            level,
+            "proxy %s %s account=%s -> %s, %d bytes, %.0f ms%s",
+            exchange.method,
+            exchange.shown,
+            exchange.account or "-",
+            exchange.status or "-",
+            exchange.received,
+            1000 * (time.monotonic() - exchange.started),
+            f", {exchange.ending}" if exchange.ending else "",
+        )
 
-        return await _relay(request, upstream, shown, done)
-
-    def _check_allowed(self, provider: Provider) -> None:
+    def check_allowed(self, provider: Provider) -> None:
         if not provider.proxy_allowed:
             raise Forbidden(
                 f"{provider.name} is not served through the proxy: its terms allow only its own client",
@@ -247,11 +342,36 @@ class AuthProxy:
         return peer
 
 
+@dataclass
+class Exchange:
+    """What one proxied request did, for its log line and the metrics."""
+
+    method: str
+    shown: str
+    """The path as a log line shows it."""
+    provider: str
+    """The metrics label: the provider, or "" for a name the registry does not know."""
+    account: str | None = None
+    status: int = 0
+    sent: int = 0
+    received: int = 0
+    cut_by: str = ""
+    """``client`` or ``upstream`` when that side broke the answer off."""
+    ending: str = ""
+    """Why the answer is not whole, for the log line."""
+    logged: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def cut_short(self, by: str, why: str) -> None:
+        if not self.cut_by:
+            self.cut_by, self.ending = by, f"{why} after {self.received} bytes"
+
+
 async def _relay(
-    request: web.Request, upstream: aiohttp.ClientResponse, shown: str, done: Callable[[int], None]
+    request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange, done: Callable[[], None]
 ) -> web.StreamResponse:
     """Stream the upstream's answer to the client piece by piece, as each piece arrives."""
-    sent, finished = 0, False
+    finished = False
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for header, value in upstream.headers.items():
@@ -261,15 +381,18 @@ async def _relay(
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-                sent += len(chunk)
+                exchange.received += len(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("proxy %s %s: upstream broke off after %d bytes: %s", request.method, shown, sent, _reason(exc))
+            exchange.cut_short("upstream", f"upstream broke off ({_reason(exc)})")
             if request.transport is not None:
                 request.transport.close()  # the client must see a cut answer, not a complete one
             return response
-        done(sent)  # before the last chunk: a client holding the whole answer finds the log line written
+        done()  # before the last chunk: a client holding the whole answer finds the log line written
         await response.write_eof()
         finished = True
+    except ConnectionResetError:  # the client went away while a piece was being written
+        exchange.cut_short("client", "client hung up")
+        return response
     finally:
         if finished:
             upstream.release()
@@ -304,10 +427,6 @@ def _query(client_query: str, required: Mapping[str, str]) -> str:
     extra = urlencode({k: v for k, v in required.items() if k not in given})
     joined = "&".join(part for part in (client_query, extra) if part)
     return f"?{joined}" if joined else ""
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def climbs_out(tail: str) -> bool:

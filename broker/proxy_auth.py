@@ -49,6 +49,14 @@ async def load_or_create_key(store: Store) -> str:
     return key
 
 
+async def rotate_key(store: Store) -> str:
+    """A new proxy key, stored before it is used: the old one stops working."""
+    key = new_key()
+    await asyncio.to_thread(store.set_secret, SECRET_NAME, key)
+    log.info("proxy key replaced")
+    return key
+
+
 KEY_PARAMETER = "key"
 """The query parameter Gemini's clients send a key in."""
 
@@ -62,11 +70,6 @@ def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
     found.extend(headers[name] for name in KEY_HEADERS if headers.get(name))
     found.extend(value for name, value in _parameters(query) if name == KEY_PARAMETER and value)
     return found
-
-
-def holds_key(headers: Mapping[str, str], key: str, query: str = "") -> bool:
-    """True when any presented key is the proxy key (compared in constant time)."""
-    return any(_same(candidate, key) for candidate in presented_keys(headers, query))
 
 
 def query_without_key(query: str, key: str) -> str:
@@ -88,5 +91,6 @@ def _parameters(query: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _same(candidate: str, key: str) -> bool:
+def same_key(candidate: str, key: str) -> bool:
+    """Compared in constant time."""
     return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), key.encode())

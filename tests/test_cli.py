@@ -68,14 +68,15 @@ def test_env_prints_export_lines_a_shell_can_eval(logged_in: DaemonProcess):
     script = result.stdout + 'printf "%s\\n%s" "$OPENAI_API_KEY" "$OPENAI_BASE_URL"'
     shell = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={})
     assert shell.stdout.splitlines() == [token, "https://llm.acme.example/v1"]
-    assert all(line.startswith("export ") for line in result.stdout.splitlines())
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith("unset ") and all(line.startswith("export ") for line in rest)
 
 
-def test_exec_sets_the_variables_in_the_child_not_its_argv(logged_in: DaemonProcess):
+def test_exec_direct_sets_the_token_in_the_child_not_its_argv(logged_in: DaemonProcess):
     probe = (
         "import os, sys, json; print(json.dumps([os.environ['OPENAI_API_KEY'], os.environ['BROKER_API'], sys.argv]))"
     )
-    result = logged_in.cli("exec", "acme", "--", sys.executable, "-c", probe)
+    result = logged_in.cli("exec", "acme", "--direct", "--", sys.executable, "-c", probe)
     assert result.returncode == 0, result.stderr
     key, api, argv = json.loads(result.stdout)
     assert key == logged_in.cli("token", "acme").stdout.strip()
@@ -87,9 +88,23 @@ def test_exec_passes_the_child_exit_status_through(logged_in: DaemonProcess):
     assert logged_in.cli("exec", "acme", "--", "sh", "-c", "exit 7").returncode == 7
 
 
-def test_exec_without_a_command_is_a_usage_error(logged_in: DaemonProcess):
-    result = logged_in.cli("exec", "acme")
-    assert result.returncode == 2 and "usage: broker exec acme --" in result.stderr
+def test_exec_without_a_command_starts_the_users_shell(logged_in: DaemonProcess):
+    env = {**logged_in.env, "SHELL": "/bin/sh"}
+    shell = subprocess.run(
+        [sys.executable, "-m", "broker", "exec", "acme"],
+        env=env,
+        input='echo "$BROKER_PROVIDER $0"\n',
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (shell.returncode, shell.stdout.strip()) == (0, "acme /bin/sh"), shell.stderr
+
+
+def test_exec_of_a_missing_command_exits_127_as_a_shell_does(logged_in: DaemonProcess):
+    result = logged_in.cli("exec", "acme", "--", "no-such-command-here")
+    assert result.returncode == 127
+    assert "no-such-command-here: command not found" in result.stderr
 
 
 def test_status_shows_state_expiry_and_source(logged_in: DaemonProcess):
@@ -120,6 +135,6 @@ def test_console_script_is_installed():
 
 
 def test_env_values_are_shell_quoted(logged_in: DaemonProcess):
-    for line in logged_in.cli("env", "acme").stdout.splitlines():
+    for line in logged_in.cli("env", "acme").stdout.splitlines()[1:]:
         name, _, value = line.removeprefix("export ").partition("=")
         assert shlex.split(value) and name.isidentifier()

@@ -65,6 +65,16 @@ def test_every_command_and_argument_has_help_text():
             assert action.help and action.help != argparse.SUPPRESS, f"broker {name} {action.dest} has no help"
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_a_module_that_runs_it(command: str):
+    import importlib
+
+    from broker.cli.main import MODULES
+
+    module = importlib.import_module(f"broker.cli.cmd_{MODULES.get(command, command)}")
+    assert callable(module.run), f"broker {command}"
+
+
 # --- global options -------------------------------------------------------------------------------
 
 
@@ -141,7 +151,7 @@ def test_a_closed_pipe_ends_quietly(elsewhere: DaemonProcess):
         (["status"], {}, 69),
         (["doctor", "--json"], {"BROKER_CONFIG": "/nonexistent/config.toml"}, 1),
         (["login", "x", "--flow"], {}, 2),
-        (["exec", "x"], {}, 2),
+        (["exec", "x", "--proxy", "--direct"], {}, 2),
         (["completion", "tcsh"], {}, 2),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else "",

@@ -260,6 +260,7 @@ def test_a_wrong_or_missing_proxy_key_is_401_and_nothing_is_forwarded(proxied: P
     status, _, body = call(proxied.answer["base_url"] + "/chat/completions", headers=headers)
     assert status == 401
     error = json.loads(body)["error"]
+    assert error["code"] == "unauthorized"
     assert "the proxy needs its key" in error["message"] and "broker env openai --proxy" in error["hint"]
     assert proxied.llm.requests == []
 

@@ -1,4 +1,8 @@
-"""``broker env NAME``: ``export`` lines for a shell's ``eval``; ``--proxy`` for the auth proxy's."""
+"""``broker env NAME``: ``unset`` and ``export`` lines for a shell's ``eval``; ``--proxy`` for the auth proxy's.
+
+The ``unset`` line comes first: variables another provider's ``eval`` (or ``~/.bashrc``)
+left behind must not travel with this provider's (see ``broker.envvars``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import sys
 
 from broker.cli.connect import client
 from broker.client import Client, quote
-from broker.envvars import variables
+from broker.envvars import cleared, variables
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(values, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        sys.stdout.write(f"unset {' '.join(cleared(values))}\n")
         sys.stdout.writelines(f"export {name}={shell_quote(value)}\n" for name, value in values.items())
     return 0
 

@@ -1,29 +1,52 @@
-"""``broker exec NAME -- CMD ...``: run CMD with the provider's variables set.
+"""``broker exec NAME [-- CMD ...]``: run CMD (default: your shell) with the provider's variables set.
 
-The token goes to the child through its environment, never its argv, and the child
-replaces this process (``execvpe``) so signals and the exit status are its own.
+The daemon decides what the child gets (``POST /v1/exec``, see ``broker.proxy_api``):
+by default a key of its own on the auth proxy, valid for as long as the child runs,
+so tokens that expire or keys that rotate never stop it. The child's environment
+loses every other credential, base URL and header set (``broker.envvars``). The key
+goes through the environment, never argv, and the child replaces this process
+(``execvpe``), so signals, the pid and the exit status are its own. As in a shell, a
+command that is not found exits 127, one that cannot run 126.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from broker.cli.cmd_env import answer
 from broker.cli.connect import client
-from broker.envvars import variables
-from broker.errors import BadRequest
+from broker.client import quote
+from broker.envvars import child_environment, variables
+from broker.machine import machine_id
+
+NOT_FOUND, CANNOT_RUN = 127, 126
 
 
 def run(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if not argv:
-        raise BadRequest("no command given", f"usage: broker exec {args.provider} -- COMMAND [ARGS...]")
+    argv = list(args.argv) or [user_shell()]
+    via = "proxy" if args.proxy else "direct" if args.direct else "auto"
+    body = {"via": via, "machine": machine_id(), **({"account": args.account} if args.account else {})}
     with client(args) as daemon:
-        values = variables(answer(daemon, args))
+        answer = daemon.request("POST", f"/v1/exec/{quote(args.provider)}", body)
     try:
-        os.execvpe(argv[0], argv, {**os.environ, **values})  # noqa: S606 - replacing this process is the point
+        os.execvpe(argv[0], argv, child_environment(os.environ, variables(answer)))  # noqa: S606 - the point
     except FileNotFoundError:
-        raise BadRequest(f"command not found: {argv[0]}") from None
+        print(f"broker: {argv[0]}: command not found", file=sys.stderr)
+        return NOT_FOUND
     except PermissionError:
-        raise BadRequest(f"cannot run {argv[0]}: permission denied") from None
+        print(f"broker: {argv[0]}: permission denied", file=sys.stderr)
+        return CANNOT_RUN
+
+
+def user_shell() -> str:
+    """``$SHELL``, else the login shell, else ``/bin/sh`` (what aws-vault starts)."""
+    shell = os.environ.get("SHELL")
+    if shell:
+        return shell
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
+    except KeyError:
+        return "/bin/sh"

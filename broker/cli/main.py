@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-MODULES = {"__complete": "complete", "install-service": "install_service"}
+MODULES = {"__complete": "complete", "install-service": "install_service", "proxy-key": "proxy_key"}
 """Commands whose module name is not ``cmd_<command>``."""
 
 

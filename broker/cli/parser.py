@@ -160,14 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command(
         "exec",
-        "run a command with the provider's variables set",
-        "Run COMMAND with the provider's variables in its environment (never in its argv);\n"
-        "it replaces this process, so its exit status is the command's.",
+        "run a command (default: your shell) with the provider's variables set, and no others",
+        "Run COMMAND (default: your shell) with the provider's variables in its environment (never\n"
+        "in its argv), and every other provider's credential, base URL and header variable removed.\n"
+        "By default the command gets a key of its own on the auth proxy, valid while it runs, so\n"
+        "expiring tokens and rotated keys never stop it. It replaces this process, so its exit\n"
+        "status is the command's; a command that is not found exits 127, one that cannot run 126.",
     )
     provider_argument(run, "the provider whose variables to set")
     account_option(run, default_account)
-    run.add_argument("--proxy", action="store_true", help="point the command at the auth proxy instead")
-    run.add_argument("argv", nargs="*", metavar="-- COMMAND", help="the command and its arguments, after --")
+    via = run.add_mutually_exclusive_group()
+    via.add_argument("--proxy", action="store_true", help="always through the auth proxy (the default when it can)")
+    via.add_argument("--direct", action="store_true", help="the token itself, not a key for the auth proxy")
+    run.add_argument(
+        "argv", nargs="*", metavar="-- COMMAND", help="the command and its arguments, after -- (default: your shell)"
+    )
+
+    proxy_key = command(
+        "proxy-key",
+        "print the auth proxy's key",
+        "Print the auth proxy's key, for clients that cannot run broker env --proxy; --rotate replaces\n"
+        "it, and the old key stops working at once (leases of broker exec keep working).",
+    )
+    proxy_key.add_argument("--rotate", action="store_true", help="replace it: the old key stops working at once")
 
     refresh = command(
         "refresh",
