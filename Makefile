@@ -13,15 +13,23 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## The real counterparts tests run against (pinned in tests/peers/); skipped without npm.
-PEERS := .peers/npm/.installed
-$(PEERS): tests/peers/npm.txt
+## The real counterparts tests run against (pinned in tests/peers/); npm ones skipped without npm.
+PEERS := .peers/npm/.installed $(patsubst tests/peers/pypi/%.txt,.peers/pypi/%/.installed,$(wildcard tests/peers/pypi/*.txt))
+.peers/npm/.installed: tests/peers/npm.txt
 	@if command -v npm >/dev/null; then \
 		specs=$$(grep -v '^\s*\(#\|$$\)' tests/peers/npm.txt); \
 		if [ -n "$$specs" ]; then mkdir -p .peers/npm && \
 			npm install --silent --no-save --no-audit --no-fund --prefix .peers/npm $$specs || exit 1; fi; \
 		mkdir -p .peers/npm && touch $@; \
 	else echo "npm not installed: tests against real CLIs will be skipped"; fi
+
+## Each PyPI list gets a virtualenv of its own: their pins must not meet the test venv's, nor each other's.
+.peers/pypi/%/.installed: tests/peers/pypi/%.txt
+	rm -rf $(@D)
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install --quiet --upgrade pip
+	$(@D)/bin/python -m pip install --quiet -r $<
+	touch $@
 
 peers: $(PEERS)
 

@@ -12,6 +12,10 @@ Written from the APIs' public references and providers.md:
 - Azure: the OpenAI paths under ``/openai/deployments/{deployment}`` with the ``api-key``
   header and the ``api-version`` query parameter; errors are ``{"error": {"code", "message"}}``.
 - No auth (Ollama, vLLM): any or no key is accepted.
+- Responses API (``openai`` and ``codex`` styles): ``POST {prefix}/responses``; with
+  ``"stream": true`` the events ``response.created``, ``response.output_item.added``,
+  ``response.output_text.delta`` per piece, ``response.output_item.done`` and
+  ``response.completed`` (with ``usage``), each ``event:`` + ``data:``.
 - Codex (ChatGPT's backend, ``style="codex"``): ``POST {prefix}/responses`` with a bearer
   token. As reported from server IPs, a request without Codex's ``originator`` (one of
   OpenAI's first-party names) and a ``User-Agent`` that starts ``<originator>/`` gets
@@ -163,7 +167,9 @@ class FakeLLM:
             return web.json_response(self._completion(body))
         if request.method == "POST" and path == "/v1/messages" and self.style == "anthropic":
             return web.json_response(self._message(body))
-        if request.method == "POST" and path == "/responses" and self.style == "codex":
+        if request.method == "POST" and path == "/responses" and self.style in ("codex", "openai"):
+            if isinstance(body, dict) and body.get("stream"):
+                return await self._stream_response(request, body)
             return web.json_response(self._response(body))
         return self._error(404, "not_found", f"Invalid URL ({request.method} {request.path})")
 
@@ -228,6 +234,37 @@ class FakeLLM:
         message = {"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed", "content": [text]}
         return {"id": "resp_fake", "object": "response", "status": "completed", "model": model, "output": [message]}
 
+    async def _stream_response(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """The Responses API's server-sent events: created, text deltas, the item done, completed."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        whole = self._response(body)
+        whole["usage"] = {
+            "input_tokens": 1,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(self.chunks),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 1 + len(self.chunks),
+        }
+        [item] = whole["output"]
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": {**whole, "status": "in_progress", "output": []}},
+            {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+            *(
+                {"type": "response.output_text.delta", "item_id": item["id"], "output_index": 0, "content_index": 0,
+                 "delta": piece}
+                for piece in self.chunks
+            ),
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": "response.completed", "response": whole},
+        ]  # fmt: skip
+        for number, event in enumerate(events):
+            self.sent += 1
+            event["sequence_number"] = number
+            await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        await response.write_eof()
+        return response
+
     def _message(self, body: Any) -> dict[str, Any]:
         model = body.get("model", "fake-model") if isinstance(body, dict) else "fake-model"
         return {
@@ -244,6 +281,11 @@ class FakeLLM:
     async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+
+        def finish(index: int) -> str | None:
+            """On the last piece: clients that loop until the model stops (opencode) must see it stop."""
+            return "stop" if index == len(self.chunks) - 1 else None
+
         try:
             for index, piece in enumerate(self.chunks):
                 chunk = {
@@ -251,7 +293,7 @@ class FakeLLM:
                     "object": "chat.completion.chunk",
                     "created": int(time.time()),
                     "model": body.get("model", "fake-model"),
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": finish(index)}],
                 }
                 self.sent += 1  # counted before it leaves: the client may read it before write() returns
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())

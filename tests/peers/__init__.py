@@ -1,7 +1,9 @@
-"""Real counterparts (providers' CLIs, OpenID servers) that tests run against instead of fakes of our own.
+"""Real counterparts (providers' CLIs, SDKs and agent frameworks, OpenID servers) that tests run against
+instead of fakes of our own.
 
-They are installed by ``make peers`` from the pinned lists beside this module. Where one
-is missing, its tests skip, unless ``BROKER_REQUIRE_PEERS=1`` (CI), where they fail.
+They are installed by ``make peers`` from the pinned lists beside this module: npm packages
+into ``.peers/npm``, each PyPI list ``pypi/NAME.txt`` into a virtualenv ``.peers/pypi/NAME``. Where one is missing, its
+tests skip, unless ``BROKER_REQUIRE_PEERS=1`` (CI), where they fail.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NPM_PREFIX = ROOT / ".peers" / "npm"
+PYPI_VENVS = ROOT / ".peers" / "pypi"
 
 
 def npm_program(name: str) -> Path:
@@ -30,6 +33,14 @@ def npm_package(name: str) -> Path:
     if (directory / "package.json").exists() and shutil.which("node"):
         return directory
     return _missing(f"npm package {name} or node is not installed (run: make peers)")
+
+
+def pypi_program(name: str, venv: str = "clients") -> Path:
+    """A program of a PyPI peers' virtualenv (``.peers/pypi/VENV/bin/NAME``; ``python`` runs its libraries)."""
+    program = PYPI_VENVS / venv / "bin" / name
+    if program.exists():
+        return program
+    return _missing(f"{name} is not installed in .peers/pypi/{venv} (run: make peers)")
 
 
 def _missing(reason: str) -> Path:
