@@ -72,6 +72,8 @@ HOP_BY_HOP = frozenset(
 """RFC 9110 §7.6.1 connection-specific fields, plus what aiohttp sets itself."""
 CLIENT_AUTH = frozenset({"authorization", *KEY_HEADERS})
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+CLIENT_CLOSED = 499
+"""The status logged and counted when the client hung up before any answer (nginx's convention)."""
 SHOWN_PATH = 200
 """Characters of a request's path a log line shows."""
 MAX_DECODINGS = 4
@@ -115,10 +117,6 @@ class AuthProxy:
     @property
     def base_url(self) -> str:
         return f"http://{url_host(self.host)}:{self.port}"
-
-    @property
-    def listening(self) -> bool:
-        return self._runner is not None
 
     async def start(self) -> None:
         """Listen on ``host:port`` (port 0: any free one, read back into ``port``) and the extra addresses.
@@ -228,6 +226,9 @@ class AuthProxy:
         except asyncio.CancelledError:
             exchange.cut_short("client", "client hung up")
             raise
+        except Exception:
+            exchange.status = 500  # the middleware logs it and answers
+            raise
         finally:
             self._done(exchange)
 
@@ -308,11 +309,11 @@ class AuthProxy:
         level = logging.WARNING if exchange.ending else logging.INFO
         log.log(
             level,
-            "proxy %s %s account=%s -> %s, %d bytes, %.0f ms%s",
+            "proxy %s %s account=%s -> %d, %d bytes, %.0f ms%s",
             exchange.method,
             exchange.shown,
             exchange.account or "-",
-            exchange.status or "-",
+            exchange.status,
             exchange.received,
             1000 * (time.monotonic() - exchange.started),
             f", {exchange.ending}" if exchange.ending else "",
@@ -365,6 +366,8 @@ class Exchange:
     def cut_short(self, by: str, why: str) -> None:
         if not self.cut_by:
             self.cut_by, self.ending = by, f"{why} after {self.received} bytes"
+        if by == "client" and not self.status:
+            self.status = CLIENT_CLOSED  # before the upstream answered
 
 
 async def _relay(

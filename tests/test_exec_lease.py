@@ -82,6 +82,19 @@ def child(daemon: DaemonProcess, provider: str, *flags: str) -> Iterator[Child]:
         process.communicate(timeout=10)
 
 
+@contextmanager
+def short_lived_tokens(daemon: DaemonProcess) -> Iterator[tuple[FakeOAuthServer, FakeLLM]]:
+    """The daemon started with ``acme`` logged in: OAuth tokens that live 2 s, an upstream that takes only live ones."""
+    with (
+        FakeOAuthServer(device_interval=0.05, access_token_lifetime=2) as oauth,
+        FakeLLM(key=oauth.valid_access_token) as llm,
+    ):
+        daemon.write_config(acme_config(oauth).replace("https://llm.acme.example/v1", f"{llm.url}/v1"))
+        daemon.start()
+        device_login(daemon, oauth)
+        yield oauth, llm
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Until ``condition()`` holds (a wall-clock fact: a token's expiry, a process's end), at most ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -92,18 +105,11 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("flags", [(), ("--direct",)], ids=["lease", "direct"])
 def test_a_child_keeps_working_after_the_token_it_started_with_expired(daemon: DaemonProcess, flags: tuple[str, ...]):
-    with (
-        FakeOAuthServer(device_interval=0.05, access_token_lifetime=2) as oauth,
-        FakeLLM(key=oauth.valid_access_token) as llm,
-    ):
-        daemon.write_config(acme_config(oauth).replace("https://llm.acme.example/v1", f"{llm.url}/v1"))
-        daemon.start()
-        device_login(daemon, oauth)
-        with child(daemon, "acme", *flags) as tool:
-            assert tool.ask() == "ok"
-            first = llm.requests[-1].headers["Authorization"].removeprefix("Bearer ")
-            wait_for(lambda: not oauth.valid_access_token(first))
-            assert tool.ask() == ("ok" if not flags else "401")
+    with short_lived_tokens(daemon) as (oauth, llm), child(daemon, "acme", *flags) as tool:
+        assert tool.ask() == "ok"
+        first = llm.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+        wait_for(lambda: not oauth.valid_access_token(first))
+        assert tool.ask() == ("ok" if not flags else "401")
 
 
 @pytest.mark.parametrize("flags", [(), ("--direct",)], ids=["lease", "direct"])

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, acme_config
+from tests.conftest import DaemonProcess
 from tests.fakes.llm_upstream import FakeLLM, Seen
-from tests.fakes.oauth_server import FakeOAuthServer
-from tests.helpers import device_login
 from tests.peers import npm_program, pypi_program
-from tests.test_exec_lease import wait_for
+from tests.test_exec_lease import short_lived_tokens, wait_for
 from tests.test_proxy import CHAT, KEY, call, login_key
 
 TEAM = {"X-Team": "ml"}
@@ -82,34 +80,38 @@ def openai_at(daemon: DaemonProcess) -> Iterator[tuple[DaemonProcess, FakeLLM]]:
 # --- Claude Code ---------------------------------------------------------------------------------------
 
 
-def test_claude_code_calls_broker_token_through_api_key_helper(daemon: DaemonProcess):
-    claude = npm_program("claude")
+@pytest.fixture
+def anthropic_at(daemon: DaemonProcess) -> Iterator[tuple[DaemonProcess, FakeLLM]]:
+    """``anthropic`` logged in, at a fake Messages API that takes ``KEY`` and wants the provider's header."""
     with FakeLLM(style="anthropic", key=KEY, prefix="", required_headers=dict(TEAM)) as llm:
         daemon.write_config(f'[providers.anthropic]\nbase_url = "{llm.url}"\nheaders = {{ "X-Team" = "ml" }}\n')
         daemon.start()
         login_key(daemon, "anthropic")
-        settings = Path(daemon.env["HOME"]) / ".claude" / "settings.json"
-        settings.parent.mkdir(parents=True, exist_ok=True)
-        helper = f"{sys.executable} -m broker token anthropic"
-        settings.write_text(json.dumps({"apiKeyHelper": helper}))
-        env = caller_env(daemon, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
-        env.update(json.loads(run(broker("env", "anthropic", "--json"), daemon.env)))  # base URL, headers
-        for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
-            env.pop(name)  # the recipe: the key comes from the helper only
-        assert "Hello from the fake" in run([claude, "-p", "say hi"], env)
+        yield daemon, llm
+
+
+def test_claude_code_calls_broker_token_through_api_key_helper(anthropic_at: tuple[DaemonProcess, FakeLLM]):
+    daemon, llm = anthropic_at
+    claude = npm_program("claude")
+    settings = Path(daemon.env["HOME"]) / ".claude" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    helper = f"{sys.executable} -m broker token anthropic"
+    settings.write_text(json.dumps({"apiKeyHelper": helper}))
+    env = caller_env(daemon, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    env.update(json.loads(run(broker("env", "anthropic", "--json"), daemon.env)))  # base URL, headers
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        env.pop(name)  # the recipe: the key comes from the helper only
+    assert "Hello from the fake" in run([claude, "-p", "say hi"], env)
     assert llm.requests
     for seen in llm.requests:
         only_the_providers_credential(seen)
 
 
-def test_claude_code_runs_under_broker_exec(daemon: DaemonProcess):
+def test_claude_code_runs_under_broker_exec(anthropic_at: tuple[DaemonProcess, FakeLLM]):
+    daemon, llm = anthropic_at
     claude = npm_program("claude")
-    with FakeLLM(style="anthropic", key=KEY, prefix="", required_headers=dict(TEAM)) as llm:
-        daemon.write_config(f'[providers.anthropic]\nbase_url = "{llm.url}"\nheaders = {{ "X-Team" = "ml" }}\n')
-        daemon.start()
-        login_key(daemon, "anthropic")
-        env = caller_env(daemon, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
-        assert "Hello from the fake" in run(broker("exec", "anthropic", "--", str(claude), "-p", "say hi"), env)
+    env = caller_env(daemon, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    assert "Hello from the fake" in run(broker("exec", "anthropic", "--", str(claude), "-p", "say hi"), env)
     assert llm.requests
     for seen in llm.requests:
         only_the_providers_credential(seen)
@@ -273,13 +275,7 @@ model_list:
 
 def test_a_litellm_proxy_server_outlives_the_token_it_started_with(daemon: DaemonProcess, tmp_path: Path):
     litellm = pypi_program("litellm")
-    with (
-        FakeOAuthServer(device_interval=0.05, access_token_lifetime=2) as oauth,
-        FakeLLM(key=oauth.valid_access_token) as llm,
-    ):
-        daemon.write_config(acme_config(oauth).replace("https://llm.acme.example/v1", f"{llm.url}/v1"))
-        daemon.start()
-        device_login(daemon, oauth)
+    with short_lived_tokens(daemon) as (oauth, llm):
         (tmp_path / "litellm.yaml").write_text(LITELLM_CONFIG)
         port = free_port()
         server = subprocess.Popen(
