@@ -64,6 +64,8 @@ class GoogleTokenServer(LoopbackServer):
         """The User-Agent of each request in ``bodies``."""
         self.assertions: list[dict[str, Any]] = []
         """Header and claims of every assertion that verified."""
+        self.checked: list[str] = []
+        """The access token of each ``/tokeninfo`` request, in order (Gemini CLI checks its file's this way)."""
 
     @property
     def token_url(self) -> str:
@@ -91,6 +93,8 @@ class GoogleTokenServer(LoopbackServer):
             account.keys[key_id] = RSAKey.import_key(public_pem)
 
     def handle(self, request: Request) -> Response:
+        if request.path == "/tokeninfo":
+            return self._token_info(request)
         if request.path != "/token" or request.method != "POST":
             return _error(404, "not_found", "Not Found")
         if request.mimetype != "application/x-www-form-urlencoded":
@@ -136,6 +140,26 @@ class GoogleTokenServer(LoopbackServer):
                 "scope": "https://www.googleapis.com/auth/cloud-platform openid",
                 "token_type": "Bearer",
                 "id_token": _unsigned_id_token(client_id, self.now()),
+            }
+        )
+
+    def _token_info(self, request: Request) -> Response:
+        """``/tokeninfo`` as google-auth-library's ``getTokenInfo`` calls it: the token as a bearer or a field."""
+        bearer = request.headers.get("Authorization", "")
+        token = (
+            bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else request.values.get("access_token", "")
+        )
+        self.checked.append(token)
+        client_id = self.access.get(token)
+        if client_id is None:
+            return _error(400, "invalid_token", "Invalid Value")
+        return _ok(
+            {
+                "azp": client_id,
+                "aud": client_id,
+                "scope": "https://www.googleapis.com/auth/cloud-platform",
+                "expires_in": self.lifetime,
+                "access_type": "offline",
             }
         )
 
