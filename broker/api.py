@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,11 +25,13 @@ from broker.log_throttle import Throttle
 from broker.logins import Logins
 from broker.metrics import Metrics
 from broker.model import Credential, CredentialKey
-from broker.proxy import AuthProxy
 from broker.refresher import WAIT_LIMIT, Refresher
 from broker.server import peer_of, read_json
 from providers.base import LoginRequest, Provider
 from providers.registry import Registry
+
+if TYPE_CHECKING:
+    from broker.proxy import AuthProxy
 
 log = logging.getLogger("broker.api")
 

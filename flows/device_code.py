@@ -23,8 +23,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-
 from broker.sanitize import printable
 from flows.errors import OAuthError, TransportError
 from flows.http import HttpClient
@@ -102,6 +100,8 @@ async def authorize(http: HttpClient, device: DeviceClient) -> DeviceAuthorizati
         form["scope"] = " ".join(device.scopes)
     verifier = None
     if device.pkce:
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge  # a login's, not the daemon's start
+
         verifier = secrets.token_urlsafe(64)
         form["code_challenge"] = create_s256_code_challenge(verifier)
         form["code_challenge_method"] = "S256"

@@ -26,9 +26,6 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
-from authlib.oauth2.rfc6749.errors import OAuth2Error
-from authlib.oauth2.rfc6749.parameters import parse_authorization_code_response, prepare_grant_uri
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from flows.errors import FlowError, OAuthError, RedirectError
 from flows.http import HttpClient
@@ -107,6 +104,9 @@ class PkceLogin:
                 f"cannot listen on {LISTEN_HOST}:{self.pkce.redirect_port} for the login redirect "
                 f"({exc.strerror}); close the program using that port and try again"
             ) from None
+        from authlib.oauth2.rfc6749.parameters import prepare_grant_uri  # imported by the first login, not at start
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
         port = self._runner.addresses[0][1]
         self.redirect_uri = f"http://{self.pkce.redirect_host}:{port}{self.pkce.redirect_path}"
         return str(
@@ -155,6 +155,9 @@ class PkceLogin:
         Only a redirect carrying this login's ``state`` can end it (with an error, or a
         wrong ``iss``); any other is refused and the login keeps waiting.
         """
+        from authlib.oauth2.rfc6749.errors import OAuth2Error
+        from authlib.oauth2.rfc6749.parameters import parse_authorization_code_response
+
         url = url.strip()
         if "?" not in url:
             url = "?" + url.lstrip("?")

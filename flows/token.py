@@ -13,9 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from authlib.oauth2.auth import encode_client_secret_basic, encode_client_secret_post
-from authlib.oauth2.rfc6749.parameters import prepare_token_request
-
 from flows.errors import OAuthError, TransportError
 from flows.http import HttpClient, HttpResponse
 
@@ -78,6 +75,9 @@ async def request_token(
     else:
         if auth == "none":
             values["client_id"] = client.client_id
+        from authlib.oauth2.auth import encode_client_secret_basic, encode_client_secret_post  # not at start
+        from authlib.oauth2.rfc6749.parameters import prepare_token_request
+
         body = prepare_token_request(grant_type, **values)
         if auth == "client_secret_basic":
             _, headers, body = encode_client_secret_basic(client, "POST", token_endpoint, headers, body)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+if TYPE_CHECKING:  # cryptography's RSA is imported when a service account key is read, not at start
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LIFETIME = 3600
@@ -22,6 +22,9 @@ LIFETIME = 3600
 
 def load_rsa_key(pem: str) -> rsa.RSAPrivateKey:
     """The RSA private key of a PEM block; ValueError that names no key material when it is not one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError):
@@ -39,6 +42,9 @@ def bearer_claims(issuer: str, audience: str, scope: str, now: float, lifetime: 
 
 def sign_rs256(key: rsa.RSAPrivateKey, claims: Mapping[str, Any], key_id: str | None = None) -> str:
     """A compact JWS (RFC 7515 §7.1) of ``claims``: RSASSA-PKCS1-v1_5 with SHA-256."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}
     if key_id:
         header["kid"] = key_id

@@ -10,14 +10,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import TypeVar
-
-import keyring
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
+from typing import TYPE_CHECKING, TypeVar
 
 from broker.errors import StoreError
 from broker.model import Credential, CredentialKey
+
+if TYPE_CHECKING:  # keyring itself is imported only where a keyring is used (select.py)
+    from keyring.backend import KeyringBackend
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,11 @@ class KeyringStore:
 
     def __init__(self, service: str = "broker", backend: KeyringBackend | None = None, *, note: str = "") -> None:
         self.service = service
-        self.backend = backend if backend is not None else keyring.get_keyring()
+        if backend is None:
+            import keyring
+
+            backend = keyring.get_keyring()
+        self.backend = backend
         self.note = note
         self._lock = threading.Lock()
 
@@ -120,6 +123,8 @@ class KeyringStore:
         return self._call("read", username, self.backend.get_password)
 
     def _delete(self, username: str) -> None:
+        from keyring.errors import PasswordDeleteError
+
         try:
             self._call("delete", username, self.backend.delete_password)
         except StoreError as exc:

@@ -14,13 +14,14 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Protocol
-
-from keyring.backend import KeyringBackend
+from typing import TYPE_CHECKING, Protocol
 
 from broker.atomic import fsync_dir
 from broker.errors import StoreError
 from broker.store.keyring_store import backend_label
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
 
 KEY_BYTES = 32
 CREDENTIAL_NAME = "broker.key"

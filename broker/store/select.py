@@ -12,17 +12,16 @@ import os
 import sys
 import threading
 from pathlib import Path
-
-import keyring.backend
-import keyring.core
-from keyring.backend import KeyringBackend
-from keyring.backends.chainer import ChainerBackend
+from typing import TYPE_CHECKING
 
 from broker.errors import StoreError
 from broker.store.base import Store
 from broker.store.file_store import FILE_NAME, FileStore
 from broker.store.keyring_store import KeyringStore, backend_label
 from broker.store.keys import key_source
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
 
 BACKENDS = ("auto", "keyring", "file")
 PROBE_TIMEOUT = 3.0
@@ -67,8 +66,18 @@ def probe(backend: KeyringBackend, service: str = "broker", timeout: float = PRO
 
 
 def _candidates() -> tuple[list[KeyringBackend], str]:
-    """OS stores to try, best first, and why there are none when the list is empty."""
+    """OS stores to try, best first, and why there are none when the list is empty.
+
+    keyring (with its plugin discovery, about 2 MiB of the daemon's memory) is imported
+    only when some OS store could answer.
+    """
     chosen = os.environ.get("PYTHON_KEYRING_BACKEND")
+    if not chosen and _no_session_bus():
+        return [], NO_SESSION_BUS
+    import keyring.backend
+    import keyring.core
+    from keyring.backends.chainer import ChainerBackend
+
     if chosen:
         if chosen not in OS_STORES and chosen != class_name(ChainerBackend):
             return [], f"PYTHON_KEYRING_BACKEND={chosen} is not an OS secret store"
@@ -84,10 +93,21 @@ def _candidates() -> tuple[list[KeyringBackend], str]:
     return found, "" if found else _why_none()
 
 
+NO_SESSION_BUS = "no D-Bus session (DBUS_SESSION_BUS_ADDRESS is unset)"
+
+
+def _no_session_bus() -> bool:
+    """On Linux every OS store speaks D-Bus: with no session bus, named or at its usual place, none can answer."""
+    if not sys.platform.startswith("linux") or os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        return False
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return not (runtime and os.path.exists(os.path.join(runtime, "bus")))
+
+
 def _why_none() -> str:
     if sys.platform.startswith("linux"):
         if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
-            return "no D-Bus session (DBUS_SESSION_BUS_ADDRESS is unset)"
+            return NO_SESSION_BUS
         try:
             from keyring.backends import SecretService
 
