@@ -51,8 +51,27 @@ test: lint peers
 	$$runner $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests ran"; status=0; fi; exit $$status
 
-bench: setup
-	$(PY) bench/run.py
+## The benchmark measures what users install: broker from a wheel (not editable) in a
+## virtualenv of its own, rebuilt from the tree at each run; LiteLLM's proxy, pinned, beside it.
+BENCH_VENV ?= .bench-venv
+LITELLM_VENV ?= .bench-litellm
+$(BENCH_VENV)/.created:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	touch $@
+$(LITELLM_VENV)/.installed: bench/litellm.txt
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	if $(LITELLM_VENV)/bin/python -m pip install --quiet -r bench/litellm.txt; then touch $@; \
+	else echo "LiteLLM did not install: the bench skips its figures"; fi
+
+bench: $(BENCH_VENV)/.created $(LITELLM_VENV)/.installed
+	rm -rf build
+	$(BENCH_VENV)/bin/python -m pip install --quiet . 2>$(BENCH_VENV)/install.log \
+		&& $(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps . 2>>$(BENCH_VENV)/install.log \
+		|| { cat $(BENCH_VENV)/install.log; exit 1; }
+	rm -rf build
+	BENCH_LITELLM=$(LITELLM_VENV) $(BENCH_VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .peers .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(LITELLM_VENV) .peers .pytest_cache .mypy_cache .ruff_cache *.egg-info

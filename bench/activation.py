@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.daemon_fixture import prepare
+from bench import floor
+from bench.daemon_fixture import EVERY_KIND, prepare
 
 TOOL = "systemd-socket-activate"
 
@@ -56,7 +57,7 @@ def _recv(sock: socket.socket) -> bytes:
 
 def once(root: Path) -> float:
     """One activation of a fresh daemon; stops it afterwards."""
-    env = prepare(root)
+    env = prepare(root, EVERY_KIND)
     socket_path = str(root / "run" / "activate.sock")
     passed = [arg for name in sorted(env) for arg in ("-E", name)]
     command = [sys.executable, "-m", "broker", "serve", "--log-level", "warning"]
@@ -66,6 +67,7 @@ def once(root: Path) -> float:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        cwd=root,  # not the checkout: ``python -m`` would import broker from there
     )
     try:
         assert process.stderr is not None
@@ -78,14 +80,16 @@ def once(root: Path) -> float:
         process.communicate(timeout=10)
 
 
-def measure(root: Path, runs: int) -> list[float]:
-    """Seconds of each of ``runs`` activations, each in its own fresh state directory."""
-    samples = []
+def measure(root: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``runs`` activations, each in its own fresh state directory, and of as many
+    floor processes (``bench.floor``), taking turns so both meet the same machine."""
+    samples, floors = [], []
     for index in range(runs):
         run_root = root / f"activation-{index}"
         run_root.mkdir()
         samples.append(once(run_root))
-    return samples
+        floors.append(floor.import_seconds())
+    return samples, floors
 
 
 def median_ms(samples: list[float]) -> float:

@@ -7,6 +7,7 @@ the developer's own logins (followed CLI files, keyring) changes what is measure
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.model import Credential
 from broker.store.file_store import FileStore
@@ -26,8 +28,11 @@ flow = "device"
 token_endpoint = "http://127.0.0.1:9/token"
 device_authorization_endpoint = "http://127.0.0.1:9/device"
 client_id = "bench"
-base_url = "https://llm.bench.example/v1"
+base_url = "{base_url}"
 """
+BASE_URL = "https://llm.bench.example/v1"
+TOKEN = "bench-token-" + "x" * 40
+"""What the stored ``bench`` credential holds (the proxy benchmark's upstream expects it)."""
 
 EVERY_KIND = """
 [providers.acme]
@@ -62,7 +67,8 @@ def bench_env(root: Path) -> dict[str, str]:
     keep = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("BROKER_", "NOTIFY_", "LISTEN_", "XDG_")) and k not in ("HOME",)
+        if not k.startswith(("BROKER_", "NOTIFY_", "LISTEN_", "XDG_", "DBUS_"))
+        and k.lower() not in ("home", "http_proxy", "https_proxy", "all_proxy")
     }
     return {
         **keep,
@@ -78,32 +84,42 @@ def bench_env(root: Path) -> dict[str, str]:
     }
 
 
-def prepare(root: Path, extra_config: str = "") -> dict[str, str]:
+def prepare(root: Path, extra_config: str = "", base_url: str = BASE_URL) -> dict[str, str]:
     """Write the config and a stored credential for ``bench``; return the environment."""
     env = bench_env(root)
     for name in ("home", "run", "config", "xstate", "data"):
         (root / name).mkdir(mode=0o700, exist_ok=True)
-    (root / "config.toml").write_text(CONFIG + extra_config)
+    (root / "config.toml").write_text(CONFIG.format(base_url=base_url) + extra_config)
     state = root / "state"
     state.mkdir(mode=0o700)
     FileStore(state, FileKey(state / "key")).put(
-        Credential(provider="bench", account="bench", access_token="bench-token-" + "x" * 40, base_url=None)
+        Credential(provider="bench", account="bench", access_token=TOKEN, base_url=None)
     )
     return env
 
 
 @contextlib.contextmanager
-def running_daemon_with_token(root: Path, extra_config: str = "") -> Iterator[BenchDaemon]:
+def running_daemon_with_token(
+    root: Path, extra_config: str = "", *, base_url: str = BASE_URL, serve_args: tuple[str, ...] = ()
+) -> Iterator[BenchDaemon]:
     """Yield a ready daemon serving provider ``bench``; READY=1 on NOTIFY_SOCKET marks ready."""
-    env = prepare(root, extra_config)
+    env = prepare(root, extra_config, base_url)
+    with ready_daemon(root, env, serve_args) as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def ready_daemon(root: Path, env: dict[str, str], serve_args: tuple[str, ...] = ()) -> Iterator[BenchDaemon]:
+    """``broker serve`` of this interpreter's broker (run from ``root``: not the checkout's), once READY=1."""
     notify = root / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(str(notify))
         listener.settimeout(20)
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--log-level", "warning"],
+            [sys.executable, "-m", "broker", "serve", "--log-level", "warning", *serve_args],
             env={**env, "NOTIFY_SOCKET": str(notify)},
             stdin=subprocess.DEVNULL,
+            cwd=root,
         )
         try:
             while b"READY=1" not in listener.recv(4096):
@@ -112,3 +128,21 @@ def running_daemon_with_token(root: Path, extra_config: str = "") -> Iterator[Be
         finally:
             daemon.terminate()
             daemon.wait(timeout=10)
+
+
+def get(socket_path: str, path: str) -> bytes:
+    """The body of one GET on the daemon's socket; raises unless it answered 200."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(socket_path)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") or b"chunked" in head.lower():
+        raise RuntimeError(f"GET {path}: {head.splitlines()[0]!r}")
+    return body
+
+
+def get_json(socket_path: str, path: str) -> Any:
+    return json.loads(get(socket_path, path))

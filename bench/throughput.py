@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.daemon_fixture import TOKEN_PATH
+from bench.daemon_fixture import TOKEN_PATH, get
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,10 +54,16 @@ def cpu_ns(pid: int) -> int:
 
 
 def load(
-    socket_path: str, connections: int, *, seconds: float = 0, requests: int = 0, warmup: float = 0
+    socket_path: str,
+    connections: int,
+    *,
+    seconds: float = 0,
+    requests: int = 0,
+    warmup: float = 0,
+    path: str = TOKEN_PATH,
 ) -> dict[str, float]:
     """Run the generator once in its own process; its JSON figures."""
-    argv = [sys.executable, str(HERE / "loadgen.py"), "--socket", socket_path, "--path", TOKEN_PATH]
+    argv = [sys.executable, str(HERE / "loadgen.py"), "--socket", socket_path, "--path", path]
     argv += ["--connections", str(connections), "--seconds", str(seconds), "--requests", str(requests)]
     argv += ["--warmup", str(warmup)]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
@@ -101,16 +106,7 @@ def median_result(rounds: list[Result]) -> Result:
 
 def fetch_body(socket_path: str) -> bytes:
     """The exact body broker answers for the token, so the bare app serves the same bytes."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(socket_path)
-        sock.sendall(f"GET {TOKEN_PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"broker did not serve the bench token: {head.splitlines()[0]!r}")
-    return body
+    return get(socket_path, TOKEN_PATH)
 
 
 @contextlib.contextmanager
