@@ -20,7 +20,7 @@ from typing import Any
 from broker.config import Section
 from broker.errors import BadRequest, LoginFailed
 from broker.model import Credential
-from flows import device_code, id_token, pat, refresh
+from flows import device_code, pat, refresh
 from flows.device_code import DeviceAuthorization, DeviceClient
 from flows.errors import FlowError
 from flows.pkce import OFFLINE_ACCESS, PkceClient, PkceLogin, with_offline_consent
@@ -290,6 +290,8 @@ class CustomOAuthProvider(Provider):
 
     async def _id_token_claims(self, ctx: ProviderContext, tokens: TokenSet, facts: ServerFacts) -> dict[str, Any]:
         """The id_token's claims once iss, aud, exp (and the signature, given a JWKS) hold."""
+        from flows import id_token  # authlib's OpenID and joserfc: a login's, not the idle daemon's
+
         assert tokens.id_token is not None and facts.issuer is not None
         jwks = None
         if facts.jwks_uri:
