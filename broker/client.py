@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 
-from broker.errors import BrokerError, DaemonUnavailable, from_wire
 from broker.trust import Untrusted
 from broker.wire import Connection, ProtocolError, Response
 
@@ -25,6 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
     from typing import Any
+
+    from broker.errors import DaemonUnavailable
 
 DEFAULT_TIMEOUT = 60.0
 UNTRUSTED_HINT = (
@@ -78,8 +79,12 @@ class Client:
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
+            from broker.errors import BrokerError
+
             raise BrokerError(f"the daemon answered HTTP {response.status} with a non-JSON body") from None
         if response.status >= 400:
+            from broker.errors import from_wire
+
             raise from_wire(data)
         return data
 
@@ -87,6 +92,8 @@ class Client:
         """Yield the NDJSON events of a streaming answer (a login) as they arrive."""
         response = self._send(method, path, body)
         if response.status >= 400:
+            from broker.errors import from_wire
+
             raw = response.read()
             raise from_wire(json.loads(raw) if raw else None)
         try:
@@ -107,13 +114,19 @@ class Client:
         try:
             return self._conn.request(method, path, payload)
         except (FileNotFoundError, ConnectionRefusedError):
+            from broker.errors import DaemonUnavailable
+
             raise DaemonUnavailable(f"no broker daemon answers on {self.socket_path}") from None
         except Untrusted as exc:
+            from broker.errors import DaemonUnavailable
+
             raise DaemonUnavailable(f"refusing to talk to {self.socket_path}: {exc}", UNTRUSTED_HINT) from None
         except (OSError, ProtocolError) as exc:
             raise self._stopped(exc) from None
 
     def _stopped(self, exc: Exception) -> DaemonUnavailable:
+        from broker.errors import DaemonUnavailable
+
         self._conn.close()
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return DaemonUnavailable(f"the broker daemon at {self.socket_path} did not answer ({reason})")

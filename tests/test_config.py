@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ from broker.config import (
     socket_path_from_env,
 )
 from broker.errors import ConfigError
+from broker.locations import MEMO
 
 
 @pytest.fixture
@@ -548,6 +551,78 @@ def test_socket_lookup_validates_a_file_that_may_set_the_socket(env: dict[str, s
     write_config(env, "[daemon]\nsocket = 5\n")
     with pytest.raises(ConfigError, match=r":2: daemon\.socket: must be a string"):
         socket_path_from_env(env)
+
+
+def settled_config(env: dict[str, str], text: str, age_s: int = 60) -> Path:
+    """A config file last written ``age_s`` ago, old enough for its socket to be remembered."""
+    path = write_config(env, text)
+    old = time.time_ns() - age_s * 1_000_000_000
+    os.utime(path, ns=(old, old))
+    Path(env["XDG_RUNTIME_DIR"]).mkdir(exist_ok=True)
+    return path
+
+
+def memo(env: dict[str, str]) -> Path:
+    return Path(env["XDG_RUNTIME_DIR"], "broker", MEMO)
+
+
+def test_socket_lookup_remembers_a_settled_file_and_reads_the_memo(env: dict[str, str]) -> None:
+    settled_config(env, '[daemon]\nsocket = "/file/broker.sock"\n')
+    assert socket_path_from_env(env) == Path("/file/broker.sock")
+    assert memo(env).stat().st_mode & 0o777 == 0o600
+    entry = json.loads(memo(env).read_text())
+    memo(env).write_text(json.dumps({**entry, "socket": "/remembered.sock"}))
+    assert socket_path_from_env(env) == Path("/remembered.sock")
+
+
+def test_socket_lookup_remembers_no_socket_and_no_file_just_written(env: dict[str, str]) -> None:
+    settled_config(env, '[store]\nbackend = "file"\n')
+    assert socket_path_from_env(env) == default_socket_path(env)
+    assert json.loads(memo(env).read_text())["socket"] is None
+    memo(env).unlink()
+    write_config(env, '[daemon]\nsocket = "/file/broker.sock"\n')  # its mtime is now: another write may follow
+    assert socket_path_from_env(env) == Path("/file/broker.sock")
+    assert not memo(env).exists()
+
+
+def test_socket_lookup_rereads_a_file_changed_in_any_way(env: dict[str, str]) -> None:
+    path = settled_config(env, '[daemon]\nsocket = "/aaaa/broker.sock"\n')
+    assert socket_path_from_env(env) == Path("/aaaa/broker.sock")
+    before = path.stat()
+    path.write_text('[daemon]\nsocket = "/bbbb/broker.sock"\n')  # same size, same inode
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same mtime: the ctime still differs
+    assert socket_path_from_env(env) == Path("/bbbb/broker.sock")
+    settled_config(env, '[daemon]\nsocket = "/cccc/broker.sock"\n', age_s=120)  # replaced by another file
+    assert socket_path_from_env(env) == Path("/cccc/broker.sock")
+
+
+def test_socket_lookup_expands_a_remembered_value_in_each_environment(env: dict[str, str]) -> None:
+    settled_config(env, '[daemon]\nsocket = "$SOCKETS/broker.sock"\n')
+    assert socket_path_from_env({**env, "SOCKETS": "/a"}) == Path("/a/broker.sock")
+    assert socket_path_from_env({**env, "SOCKETS": "/b"}) == Path("/b/broker.sock")
+    with pytest.raises(ConfigError, match=r":2: daemon\.socket: \$SOCKETS is not set"):
+        socket_path_from_env(env)
+
+
+@pytest.mark.parametrize("spoil", ["readable by others", "not json", "another file's"])
+def test_socket_lookup_ignores_a_memo_it_cannot_trust(env: dict[str, str], spoil: str) -> None:
+    settled_config(env, '[daemon]\nsocket = "/file/broker.sock"\n')
+    socket_path_from_env(env)
+    entry = json.loads(memo(env).read_text())
+    if spoil == "another file's":
+        entry["identity"][0] = "/elsewhere/config.toml"
+    memo(env).write_text("{" if spoil == "not json" else json.dumps({**entry, "socket": "/forged.sock"}))
+    if spoil == "readable by others":
+        memo(env).chmod(0o644)
+    assert socket_path_from_env(env) == Path("/file/broker.sock")
+
+
+def test_socket_lookup_reports_a_bad_socket_every_time(env: dict[str, str]) -> None:
+    settled_config(env, "[daemon]\nsocket = 5\n")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r":2: daemon\.socket: must be a string"):
+            socket_path_from_env(env)
+    assert not memo(env).exists()
 
 
 # --- robustness -----------------------------------------------------------------------------

@@ -12,12 +12,13 @@ import os
 import sys
 
 from broker.cli.fast import fast_args
-from broker.errors import BrokerError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
+
+    from broker.errors import BrokerError
 
 MODULES = {"__complete": "complete", "install-service": "install_service", "proxy-key": "proxy_key"}
 """Commands whose module name is not ``cmd_<command>``."""
@@ -34,10 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141  # as a shell reports a command that SIGPIPE ended
     except KeyboardInterrupt:
         return 130
-    except BrokerError as exc:
-        report(exc)
-        return exc.exit_status
-    except Exception as exc:  # a bug: say so in one line; the traceback only on request
+    except Exception as exc:
+        error = _broker_error(exc)
+        if error is not None:
+            report(error)
+            return error.exit_status
+        # a bug: say so in one line; the traceback only on request
         if os.environ.get("BROKER_DEBUG"):
             raise
         print(f"broker: internal: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -74,6 +77,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
             args.argv = [*args.argv, *argv[cut + 1 :]]
             return args
     return parser.parse_args(argv)
+
+
+def _broker_error(exc: Exception) -> BrokerError | None:
+    """``exc`` if it is one of broker's errors.
+
+    ``broker.errors`` is imported where an error is raised, not before: its classes
+    cost about 3% of a ``broker token``. While it is not loaded, no exception can be
+    one of them.
+    """
+    if "broker.errors" not in sys.modules:
+        return None
+    from broker.errors import BrokerError
+
+    return exc if isinstance(exc, BrokerError) else None
 
 
 def report(exc: BrokerError) -> None:
