@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import aiohttp
 from aiohttp import web
+from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -113,6 +114,7 @@ class AuthProxy:
         self._refusals = Throttle()
         self._guard = Guard(seats(), header_timeout)
         self._peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
+        self._routes: dict[tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     @property
     def base_url(self) -> str:
@@ -129,7 +131,7 @@ class AuthProxy:
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(
-            trust_env=True,
+            trust_env=False,  # HTTPS_PROXY and NO_PROXY are read once per upstream (``_route``), not per request
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
@@ -276,6 +278,7 @@ class AuthProxy:
         body = await request.read()
         exchange.sent = len(body)
         assert self._session is not None
+        via, via_auth = self._route(url, getattr(provider, "proxy", None))
         asked = time.monotonic()
         try:
             upstream = await self._session.request(
@@ -283,7 +286,8 @@ class AuthProxy:
                 url,
                 headers=headers,
                 data=body or None,
-                proxy=getattr(provider, "proxy", None),
+                proxy=via,
+                proxy_auth=via_auth,
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -297,6 +301,24 @@ class AuthProxy:
         self.metrics.upstream_answered(exchange.provider, time.monotonic() - asked)
         exchange.status = upstream.status
         return await _relay(request, upstream, exchange, lambda: self._done(exchange))
+
+    def _route(self, url: URL, configured: str | None) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The HTTP proxy to reach ``url`` through: the provider's, else the environment's.
+
+        aiohttp's ``trust_env`` reads the environment and ``~/.netrc`` in a worker thread
+        twice on every request, more than half of the proxy's CPU; the daemon's environment
+        does not change while it runs, so each scheme and host is looked up once.
+        """
+        if configured:
+            return URL(configured), None
+        key = (url.scheme, url.host)
+        route = self._routes.get(key)
+        if route is None:
+            try:
+                route = self._routes[key] = get_env_proxy_for_url(url)
+            except LookupError:
+                route = self._routes[key] = (None, None)
+        return route
 
     def _done(self, exchange: Exchange) -> None:
         """The request's one log line and its metrics; once, whichever way it ended."""
@@ -370,23 +392,39 @@ class Exchange:
             self.status = CLIENT_CLOSED  # before the upstream answered
 
 
+class _Streamed(web.StreamResponse):
+    """A streamed answer whose head goes out with its first piece, in one write (aiohttp's opt-in, as ``Response``)."""
+
+    _send_headers_immediately = False
+
+
 async def _relay(
     request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange, done: Callable[[], None]
 ) -> web.StreamResponse:
-    """Stream the upstream's answer to the client piece by piece, as each piece arrives."""
+    """The upstream's answer: in one piece when it came whole with its head, else piece by piece as it arrives."""
     finished = False
+    headers = CIMultiDict((h, v) for h, v in upstream.headers.items() if h.lower() not in HOP_BY_HOP)
+    response: web.StreamResponse = _Streamed(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for header, value in upstream.headers.items():
-            if header.lower() not in HOP_BY_HOP:  # no Content-Length: the answer goes out chunked
-                response.headers.add(header, value)
-        await response.prepare(request)
         try:
+            first = await upstream.content.readany()
+            if upstream.content.at_eof():  # a whole answer (a completion, an error): one write, with its length
+                exchange.received = len(first)
+                done()
+                finished = True
+                return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=first)
+            await response.prepare(request)  # no Content-Length: the answer goes out chunked
+            await response.write(first)
+            exchange.received += len(first)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
                 exchange.received += len(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             exchange.cut_short("upstream", f"upstream broke off ({_reason(exc)})")
+            if not response.prepared:  # nothing sent yet: the client can still be told
+                exchange.status = 502
+                down = UpstreamUnavailable(f"{exchange.provider or 'the provider'}: the upstream broke off its answer")
+                return error_response(down, status=502)
             if request.transport is not None:
                 request.transport.close()  # the client must see a cut answer, not a complete one
             return response

@@ -231,6 +231,26 @@ def test_name_at_account_pins_an_account_and_the_bare_name_follows_the_default(d
         assert missing.returncode == 3 and "no login for account 'nobody'" in missing.stderr
 
 
+def test_the_daemons_http_proxy_setting_is_honoured_and_no_proxy_too(daemon: DaemonProcess):
+    # The proxy reads HTTP(S)_PROXY and NO_PROXY once per upstream host, not per request.
+    with FakeLLM(style="openai", key=KEY) as forward, FakeLLM(style="openai", key=KEY) as direct:
+        daemon.write_config(
+            f'{PROXY}\n[providers.openai]\nbase_url = "http://upstream.invalid/v1"\n'
+            f'[providers.gateway]\ntype = "apikey"\napi = "openai-chat"\nbase_url = "{direct.url}/v1"\n'
+        )
+        daemon.start(extra_env={"HTTP_PROXY": forward.url, "NO_PROXY": "127.0.0.1"})
+        login_key(daemon, "openai")
+        login_key(daemon, "gateway")
+        for provider in ("openai", "gateway", "openai"):
+            answer = proxy_answer(daemon, provider)
+            status, _, body = call(answer["base_url"] + "/chat/completions",
+                                   headers={"Authorization": f"Bearer {answer['access_token']}"})  # fmt: skip
+            assert status == 200, body
+        assert [r.headers["Host"] for r in forward.requests] == ["upstream.invalid", "upstream.invalid"]
+        assert [r.headers["Authorization"] for r in forward.requests] == [f"Bearer {KEY}"] * 2
+        assert len(direct.requests) == 1  # NO_PROXY: straight there
+
+
 def test_one_log_line_per_request_names_provider_path_and_status_but_no_secret(proxied: Proxied):
     key = proxied.answer["access_token"]
     url = proxied.answer["base_url"] + "/models?session=s3cr3t"
