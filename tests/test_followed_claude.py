@@ -77,14 +77,14 @@ class Claude:
         await asyncio.wait_for(self.daemon.credentials.wait_changed(), CHANGE_TIMEOUT)
 
 
-async def start(root: Path, settings: str = "") -> tuple[Claude, RefreshServer]:
+async def start(root: Path, settings: str = "", clock: FakeClock | None = None) -> tuple[Claude, RefreshServer]:
     server = AnthropicTokenServer(client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e").start()
     env = isolated_env(root)
     Path(env["BROKER_CONFIG"]).write_text(
         f"[providers.claude]\n{TEST_RUN_CALLERS}\n{settings}"
         f'[providers.claude.endpoints]\ntoken = "{server.url}/token"\n'
     )
-    clock = FakeClock()
+    clock = clock or FakeClock()
     daemon = Daemon(load_settings(env), clock=clock, env=env)
     await daemon.start()
     path = Path(env["HOME"]) / ".claude" / ".credentials.json"

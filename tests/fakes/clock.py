@@ -43,3 +43,8 @@ class FakeClock:
 
     def advance_to(self, instant: float) -> None:
         self.advance(max(0.0, instant - self._now))
+
+    def set_back(self, instant: float) -> None:
+        """The clock set back to ``instant`` (by NTP, by a user); sleepers keep the instants they wait for."""
+        assert instant <= self._now, "set_back moves the clock back; advance moves it forward"
+        self._now = instant

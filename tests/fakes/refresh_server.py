@@ -17,6 +17,8 @@ from tests.fakes.loopback import LoopbackServer
 
 
 class RefreshServer(LoopbackServer):
+    token_paths: tuple[str, ...] = ("/token",)
+
     def __init__(self, *, lifetime: int = 3600, rotate: bool = True, client_id: str | None = None) -> None:
         super().__init__()
         self.lifetime = lifetime
@@ -27,6 +29,8 @@ class RefreshServer(LoopbackServer):
         self.access: set[str] = set()
         self.counts: Counter[str] = Counter()
         self.bodies: list[dict[str, str]] = []
+        self.revoke_on_reuse = False
+        """Like OpenAI: a reused refresh token ends the whole login, every token of it refused."""
 
     def issue(self) -> tuple[str, str]:
         """A fresh (access, refresh) pair, as a CLI's own login would leave in its file."""
@@ -52,7 +56,7 @@ class RefreshServer(LoopbackServer):
             return access, fresh
 
     def handle(self, request: Request) -> Response:
-        if request.path != "/token" or request.method != "POST":
+        if request.path not in self.token_paths or request.method != "POST":
             return _json({"error": "not_found"}, 404)
         body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
         if not isinstance(body, dict):
@@ -65,6 +69,9 @@ class RefreshServer(LoopbackServer):
         token = str(body.get("refresh_token", ""))
         if token in self.spent:
             self.counts["reused"] += 1
+            if self.revoke_on_reuse:
+                self.live.clear()
+                self.access.clear()
             return _json({"error": "invalid_grant", "error_description": "refresh token already used"}, 400)
         if token not in self.live:
             self.counts["unknown"] += 1
