@@ -40,7 +40,9 @@ serve: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	$(PY) -m tests.installed_tree .layout
+	cd .layout && $(abspath $(VENV))/bin/mypy --config-file ../pyproject.toml
+	cd .layout && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports ../pyproject.toml
 
 ## Lint, type-check, then the whole suite; keyring tests run on a real Secret Service
 ## when dbus and gnome-keyring are installed (CI requires them: BROKER_REQUIRE_KEYRING=1).

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.model import Credential
+from broker.core.model import Credential
 from broker.store.file_store import FileStore
 from broker.store.keys import FileKey
 

@@ -35,8 +35,8 @@ async def child(requests: int, connections: int, root: Path) -> None:
     from bench.bare_app import make_app
     from bench.loadgen import phase
     from bench.throughput import fetch_body
-    from broker.config import load_settings
-    from broker.daemon import Daemon
+    from broker.core.config import load_settings
+    from broker.daemon.main import Daemon
 
     env = prepare(root)
     os.environ.update(env)

@@ -25,7 +25,7 @@ from bench.daemon_fixture import bench_env, ready_daemon
 from bench.memory import rss_kib
 from bench.table import Row, progress, verdict
 from bench.throughput import load
-from broker.model import Credential
+from broker.core.model import Credential
 from broker.store.file_store import FileStore
 from broker.store.keys import FileKey
 

@@ -23,10 +23,11 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from broker.sanitize import printable
-from flows.errors import OAuthError, TransportError
-from flows.http import HttpClient
-from flows.token import OAuthClient, TokenSet, request_token
+from broker.flows.errors import OAuthError, TransportError
+from broker.flows.http import HttpClient
+from broker.flows.token import OAuthClient, TokenSet, request_token
+
+from broker.core.sanitize import printable
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5.0

@@ -12,7 +12,7 @@ those are upstream text: cleaned (``broker.sanitize``) before anything can log o
 
 from __future__ import annotations
 
-from broker.sanitize import upstream_text
+from broker.core.sanitize import upstream_text
 
 
 class FlowError(Exception):

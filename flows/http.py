@@ -14,8 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-
-from flows.errors import TransportError
+from broker.flows.errors import TransportError
 
 DEFAULT_TIMEOUT = 30.0
 USER_AGENT = "broker/0.1"

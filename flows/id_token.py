@@ -15,12 +15,11 @@ from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 from authlib.oidc.core import CodeIDToken
+from broker.flows.errors import IdTokenError
 from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet, KeySetSerialization
 from joserfc.jws import JWSRegistry
-
-from flows.errors import IdTokenError
 
 LEEWAY = 120
 """Seconds of clock skew tolerated on ``exp`` and ``iat`` (what authlib's client allows)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flows.errors import OAuthError, TransportError
-from flows.http import HttpClient
+from broker.flows.errors import OAuthError, TransportError
+from broker.flows.http import HttpClient
 
 
 async def validate(

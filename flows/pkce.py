@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
-
-from flows.errors import FlowError, OAuthError, RedirectError
-from flows.http import HttpClient
-from flows.token import OAuthClient, TokenSet, request_token
+from broker.flows.errors import FlowError, OAuthError, RedirectError
+from broker.flows.http import HttpClient
+from broker.flows.token import OAuthClient, TokenSet, request_token
 
 LISTEN_HOST = "127.0.0.1"
 

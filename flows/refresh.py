@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from flows.errors import OAuthError
-from flows.http import HttpClient
-from flows.token import OAuthClient, TokenSet, request_token
+from broker.flows.errors import OAuthError
+from broker.flows.http import HttpClient
+from broker.flows.token import OAuthClient, TokenSet, request_token
 
 
 async def refresh(

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flows.errors import OAuthError, TransportError
-from flows.http import HttpClient, HttpResponse
+from broker.flows.errors import OAuthError, TransportError
+from broker.flows.http import HttpClient, HttpResponse
 
 ClientAuth = Literal["none", "client_secret_basic", "client_secret_post"]
 

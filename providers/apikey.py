@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest
-from broker.model import Credential
-from providers.base import LoginContext, LoginRequest, Provider
+from broker.providers.base import LoginContext, LoginRequest, Provider
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest
+from broker.core.model import Credential
 
 APIS = ("openai-chat", "openai-responses", "anthropic")
 AUTH_HEADERS = ("bearer", "x-api-key", "api-key")

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+from broker.flows.http import DEFAULT_TIMEOUT, HttpClient
+from broker.flows.pkce import PkceLogin
+from broker.providers.wire import Wire
 
-from broker import login_options
-from broker.errors import BadRequest
-from broker.model import Credential
-from flows.http import DEFAULT_TIMEOUT, HttpClient
-from flows.pkce import PkceLogin
-from providers.files import FollowedFile
-from providers.wire import Wire
+from broker.core import login_options
+from broker.core.errors import BadRequest
+from broker.core.model import Credential
+from broker.followed.format import FollowedFile
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 """Sends one login event (``verify``, ``open``, ...) to whoever started the login."""

@@ -21,15 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest
-from broker.model import Credential
-from flows import refresh
-from flows.token import OAuthClient
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoints import endpoints_from
-from providers.files import CliLock, FileProblem, FollowedFile, file_path, home, require
-from providers.wire import Wire
+from broker.flows import refresh
+from broker.flows.token import OAuthClient
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.endpoints import endpoints_from
+from broker.providers.wire import Wire
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest
+from broker.core.model import Credential
+from broker.followed.format import CliLock, FileProblem, FollowedFile, file_path, home, require
 
 NAME = "claude"
 DESCRIPTION = "Claude subscription, from Claude Code's login (usable only by Claude Code itself)"

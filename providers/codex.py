@@ -22,20 +22,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest, LoginFailed
-from broker.model import Credential
-from broker.upstream_errors import DEAD_GRANT
-from flows import refresh
-from flows.errors import FlowError, OAuthError, TransportError
-from flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
-from flows.token import OAuthClient, TokenSet
-from providers import codex_device, codex_file
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoints import endpoints_from
-from providers.files import FollowedFile
-from providers.jwt_claims import account_name, claims
-from providers.wire import Wire
+from broker.flows import refresh
+from broker.flows.errors import FlowError, OAuthError, TransportError
+from broker.flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
+from broker.flows.token import OAuthClient, TokenSet
+from broker.providers import codex_device
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.endpoints import endpoints_from
+from broker.providers.jwt_claims import account_name, claims
+from broker.providers.upstream_errors import DEAD_GRANT
+from broker.providers.wire import Wire
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, LoginFailed
+from broker.core.model import Credential
+from broker.followed import codex as codex_file
+from broker.followed.format import FollowedFile
 
 NAME = "codex"
 DESCRIPTION = "ChatGPT subscription for Codex (sign in with ChatGPT)"

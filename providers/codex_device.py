@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.errors import LoginFailed
-from flows.device_code import Now, Sleep
-from flows.errors import OAuthError, TransportError
-from flows.http import HttpClient, HttpResponse
-from flows.token import OAuthClient, TokenSet, parse_token_response, request_token
-from providers.base import Emit
+from broker.flows.device_code import Now, Sleep
+from broker.flows.errors import OAuthError, TransportError
+from broker.flows.http import HttpClient, HttpResponse
+from broker.flows.token import OAuthClient, TokenSet, parse_token_response, request_token
+from broker.providers.base import Emit
+
+from broker.core.errors import LoginFailed
 
 LIFETIME = 900.0
 """How long a user code is good for; OpenAI does not say it in the answer."""

@@ -22,22 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
-from broker.model import Credential
-from broker.sanitize import upstream_text
-from flows import device_code, pat
-from flows.device_code import DeviceAuthorization, DeviceClient
-from flows.errors import FlowError, OAuthError, TransportError
-from flows.http import HttpClient, HttpResponse
-from flows.token import OAuthClient
-from providers import copilot_files
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.custom import verify_event
-from providers.endpoints import overrides as endpoint_overrides
-from providers.files import FollowedFile
-from providers.github_hosts import GitHubHost
-from providers.wire import Wire
+from broker.flows import device_code, pat
+from broker.flows.device_code import DeviceAuthorization, DeviceClient
+from broker.flows.errors import FlowError, OAuthError, TransportError
+from broker.flows.http import HttpClient, HttpResponse
+from broker.flows.token import OAuthClient
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.custom import verify_event
+from broker.providers.endpoints import overrides as endpoint_overrides
+from broker.providers.github_hosts import GitHubHost
+from broker.providers.wire import Wire
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
+from broker.core.model import Credential
+from broker.core.sanitize import upstream_text
+from broker.followed import copilot as copilot_files
+from broker.followed.format import FollowedFile
 
 NAME = "copilot"
 API = "openai-chat"

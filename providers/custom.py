@@ -17,16 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest, LoginFailed
-from broker.model import Credential
-from flows import device_code, pat, refresh
-from flows.device_code import DeviceAuthorization, DeviceClient
-from flows.errors import FlowError
-from flows.pkce import OFFLINE_ACCESS, PkceClient, PkceLogin, with_offline_consent
-from flows.token import OAuthClient, TokenSet
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.jwt_claims import account_name
+from broker.flows import device_code, pat, refresh
+from broker.flows.device_code import DeviceAuthorization, DeviceClient
+from broker.flows.errors import FlowError
+from broker.flows.pkce import OFFLINE_ACCESS, PkceClient, PkceLogin, with_offline_consent
+from broker.flows.token import OAuthClient, TokenSet
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.jwt_claims import account_name
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, LoginFailed
+from broker.core.model import Credential
 
 FLOWS = ("device", "pkce")
 DISCOVERY_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
@@ -290,7 +291,7 @@ class CustomOAuthProvider(Provider):
 
     async def _id_token_claims(self, ctx: ProviderContext, tokens: TokenSet, facts: ServerFacts) -> dict[str, Any]:
         """The id_token's claims once iss, aud, exp (and the signature, given a JWKS) hold."""
-        from flows import id_token  # authlib's OpenID and joserfc: a login's, not the idle daemon's
+        from broker.flows import id_token  # authlib's OpenID and joserfc: a login's, not the idle daemon's
 
         assert tokens.id_token is not None and facts.issuer is not None
         jwks = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from broker.config import Section
+from broker.core.config import Section
 
 
 def overrides(section: Section, keys: Sequence[str]) -> dict[str, str]:

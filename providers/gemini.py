@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest, LoginRequired
-from broker.model import Credential
-from flows import refresh
-from flows.errors import OAuthError
-from flows.token import OAuthClient
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoints import endpoints_from
-from providers.files import FileProblem, FollowedFile, home, require
-from providers.wire import Wire
+from broker.flows import refresh
+from broker.flows.errors import OAuthError
+from broker.flows.token import OAuthClient
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.endpoints import endpoints_from
+from broker.providers.wire import Wire
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, LoginRequired
+from broker.core.model import Credential
+from broker.followed.format import FileProblem, FollowedFile, home, require
 
 NAME = "gemini"
 DESCRIPTION = "Gemini CLI's Google login, kept fresh for Gemini CLI (usable only by Gemini CLI itself)"

@@ -22,16 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
-from broker.model import Credential
-from broker.sanitize import upstream_text
-from flows import pat
-from flows.errors import FlowError, OAuthError, TransportError
-from flows.http import HttpResponse
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoints import overrides as endpoint_overrides
-from providers.wire import Wire
+from broker.flows import pat
+from broker.flows.errors import FlowError, OAuthError, TransportError
+from broker.flows.http import HttpResponse
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.endpoints import overrides as endpoint_overrides
+from broker.providers.wire import Wire
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
+from broker.core.model import Credential
+from broker.core.sanitize import upstream_text
 
 NAME = "gitlab"
 INSTANCE = "https://gitlab.com"

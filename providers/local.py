@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 
-from broker.config import Section
-from broker.errors import BadRequest
-from broker.model import Credential
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.core.config import Section
+from broker.core.errors import BadRequest
+from broker.core.model import Credential
 
 PROBE_TIMEOUT = 1.0
 KEYS = ("base_url", "headers", "description")

@@ -18,21 +18,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Section
-from broker.errors import BadRequest, BrokerError, LoginFailed, UpstreamUnavailable
-from broker.model import Credential
-from broker.upstream_errors import to_broker_error
-from flows import device_code, refresh
-from flows.device_code import DeviceAuthorization, DeviceClient, PollPolicy
-from flows.errors import OAuthError, TransportError
-from flows.token import OAuthClient, TokenSet
-from providers import qwen_file
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.custom import verify_event
-from providers.endpoints import endpoints_from
-from providers.files import CliLock, FollowedFile
-from providers.jwt_claims import account_name, claims
-from providers.wire import Wire
+from broker.flows import device_code, refresh
+from broker.flows.device_code import DeviceAuthorization, DeviceClient, PollPolicy
+from broker.flows.errors import OAuthError, TransportError
+from broker.flows.token import OAuthClient, TokenSet
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.custom import verify_event
+from broker.providers.endpoints import endpoints_from
+from broker.providers.jwt_claims import account_name, claims
+from broker.providers.upstream_errors import to_broker_error
+from broker.providers.wire import Wire
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, BrokerError, LoginFailed, UpstreamUnavailable
+from broker.core.model import Credential
+from broker.followed import qwen as qwen_file
+from broker.followed.format import CliLock, FollowedFile
 
 NAME = "qwen"
 DESCRIPTION = "Qwen Code's OAuth login (free tier ended 2026-04-15; existing logins work until refused)"

@@ -10,19 +10,20 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Mapping
 
-from broker.config import Section
-from broker.errors import UnknownProvider
-from providers import apikey, local
-from providers.apikey import ApiKeyProvider
-from providers.base import SHARED_KEYS, FollowSettings, Provider, callers_problem
-from providers.claude import ClaudeProvider
-from providers.codex import CodexProvider
-from providers.copilot import CopilotProvider
-from providers.custom import CustomOAuthProvider
-from providers.gemini import GeminiProvider
-from providers.gitlab import GitLabProvider
-from providers.qwen import QwenProvider
-from providers.vertex import VertexProvider
+from broker.providers import apikey, local
+from broker.providers.apikey import ApiKeyProvider
+from broker.providers.base import SHARED_KEYS, FollowSettings, Provider, callers_problem
+from broker.providers.claude import ClaudeProvider
+from broker.providers.codex import CodexProvider
+from broker.providers.copilot import CopilotProvider
+from broker.providers.custom import CustomOAuthProvider
+from broker.providers.gemini import GeminiProvider
+from broker.providers.gitlab import GitLabProvider
+from broker.providers.qwen import QwenProvider
+from broker.providers.vertex import VertexProvider
+
+from broker.core.config import Section
+from broker.core.errors import UnknownProvider
 
 ProviderFactory = Callable[[str, Section], Provider]
 

@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from broker.config import Section
-from broker.errors import BadRequest, BrokerError, RefreshFailed
-from broker.model import Credential
-from broker.upstream_errors import to_broker_error
-from flows import refresh
-from flows.errors import OAuthError
-from flows.token import OAuthClient, TokenSet, request_token
-from providers import google_jwt
-from providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from providers.endpoints import endpoints_from
-from providers.files import FileProblem, FollowedFile, file_path, home, require
+from broker.flows import refresh
+from broker.flows.errors import OAuthError
+from broker.flows.token import OAuthClient, TokenSet, request_token
+from broker.providers import google_jwt
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.endpoints import endpoints_from
+from broker.providers.upstream_errors import to_broker_error
+
+from broker.core.config import Section
+from broker.core.errors import BadRequest, BrokerError, RefreshFailed
+from broker.core.model import Credential
+from broker.followed.format import FileProblem, FollowedFile, file_path, home, require
 
 NAME = "vertex"
 DESCRIPTION = "Claude on Vertex AI, with tokens minted from gcloud's application default credentials"

@@ -23,11 +23,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.followed import FileState
-from broker.model import CredentialKey
-from broker.refresher import Status
+from broker.core.config import load_settings
+from broker.core.model import CredentialKey
+from broker.daemon.main import Daemon
+from broker.daemon.refresher import Status
+from broker.followed.files import FileState
 from tests.conftest import isolated_env
 from tests.fakes.clock import FakeClock
 

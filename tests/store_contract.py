@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.model import Credential
+from broker.core.model import Credential
 from broker.store.base import Store
 
 StoreFactory = Callable[[], Store]

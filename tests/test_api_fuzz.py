@@ -15,10 +15,10 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pytest
+from broker.providers.registry import BUILTINS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from providers.registry import BUILTINS
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import device_login

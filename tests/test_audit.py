@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker.audit import AuditTrail
-from broker.callers import Peer
-from broker.model import Credential
+from broker.core.model import Credential
+from broker.daemon.audit import AuditTrail
+from broker.daemon.callers import Peer
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.clock import FakeClock
 from tests.fakes.oauth_server import FakeOAuthServer

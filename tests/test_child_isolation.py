@@ -46,7 +46,7 @@ def test_a_broker_package_in_the_daemons_directory_never_receives_a_refresh(
     cwd, marker = daemon.root / "shared", daemon.root / "planted-ran"
     plant(cwd, marker)
     # The plant works: the old way of starting the helper would have run it.
-    subprocess.run([sys.executable, "-m", "broker.redeem"], cwd=cwd, env=daemon.env, input=b"order", timeout=30)
+    subprocess.run([sys.executable, "-m", "broker.daemon.redeem"], cwd=cwd, env=daemon.env, input=b"order", timeout=30)
     assert marker.read_text() == "order"
     marker.unlink()
 

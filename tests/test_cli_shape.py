@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.cli.manpage import PAGE, render
 from broker.cli.parser import build_parser, subcommands
-from broker.manpage import PAGE, render
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import device_login
@@ -173,7 +173,7 @@ def test_no_traceback_reaches_a_person(daemon: DaemonProcess, args: list[str], e
 
 
 def test_the_man_page_is_the_one_the_parser_generates():
-    assert PAGE.read_text() == render(), "docs/broker.1 is stale: run python -m broker.manpage"
+    assert PAGE.read_text() == render(), "docs/broker.1 is stale: run python -m broker.cli.manpage"
 
 
 def test_the_man_page_documents_every_command_and_option():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from broker.client import aget_token, get_token
-from broker.errors import DaemonUnavailable
+from broker.core.errors import DaemonUnavailable
 from tests.conftest import isolated_env
 
 NOBODY = "65534"

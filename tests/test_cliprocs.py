@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.cliprocs import running
-from providers.codex_file import PROGRAMS, default_path
+from broker.followed.cliprocs import running
+from broker.followed.codex import PROGRAMS, default_path
 
 
 @pytest.fixture

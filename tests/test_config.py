@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.config import (
+from broker.core.config import (
     ConfigSource,
     Section,
     Settings,
@@ -25,8 +25,8 @@ from broker.config import (
     load_settings,
     socket_path_from_env,
 )
-from broker.errors import ConfigError
-from broker.locations import MEMO
+from broker.core.errors import ConfigError
+from broker.core.locations import MEMO
 
 
 @pytest.fixture
@@ -664,10 +664,10 @@ def test_garbage_bytes_raise_config_error_or_load(data: bytes) -> None:
 
 
 def test_config_module_imports_only_the_standard_library() -> None:
-    import broker.config
+    import broker.core.config
 
     allowed = set(sys.stdlib_module_names) | {"broker"}
-    source = Path(broker.config.__file__).read_text()
+    source = Path(broker.core.config.__file__).read_text()
     imported = {
         line.split()[1].split(".")[0]
         for line in source.splitlines()

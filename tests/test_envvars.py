@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broker.envvars import variables
+from broker.cli.envvars import variables
 
 BASE = {"provider": "p", "access_token": "tok", "base_url": "https://x.example/v1", "headers": {}}
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker.envvars import AGENTS_TRACING_OFF, FAMILIES, variables
+from broker.cli.envvars import AGENTS_TRACING_OFF, FAMILIES, variables
 from tests.conftest import DaemonProcess, isolated_env
 from tests.test_proxy import KEY, login_key
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from broker.errors import BadRequest
+from broker.core.errors import BadRequest
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.github import FakeGitHub
 from tests.fakes.llm_upstream import FakeLLM

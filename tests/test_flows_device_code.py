@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
+from broker.flows import device_code
+from broker.flows.device_code import DeviceAuthorization, DeviceClient
+from broker.flows.errors import OAuthError
+from broker.flows.http import HttpClient
+from broker.flows.token import OAuthClient
 
-from flows import device_code
-from flows.device_code import DeviceAuthorization, DeviceClient
-from flows.errors import OAuthError
-from flows.http import HttpClient
-from flows.token import OAuthClient
 from tests.fakes.oauth_server import FakeOAuthServer
 
 

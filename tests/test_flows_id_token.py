@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from broker.flows.errors import IdTokenError
+from broker.flows.id_token import validate
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
-
-from flows.errors import IdTokenError
-from flows.id_token import validate
 
 NOW = 1_800_000_000
 ISSUER = "https://id.acme.example"

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import BrokerError, NotLoggedIn
+from broker.core.config import load_settings
+from broker.core.errors import BrokerError, NotLoggedIn
+from broker.daemon.main import Daemon
 from tests.conftest import TEST_RUN_CALLERS, isolated_env
 from tests.fakes.anthropic_auth import RATE_LIMITED, AnthropicTokenServer
 from tests.fakes.clock import FakeClock

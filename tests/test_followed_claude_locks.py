@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.filelock import lock_directory
-from broker.refresher import OWED_RETRY_CAP
+from broker.core.config import load_settings
+from broker.daemon.main import Daemon
+from broker.daemon.refresher import OWED_RETRY_CAP
+from broker.followed.filelock import lock_directory
 from tests.peers import npm_program
 from tests.test_followed_claude import CHANGE_TIMEOUT, KEY, Claude, start
 
@@ -74,7 +74,7 @@ async def refresh_due(claude: Claude, attempts: int) -> None:
 
 @pytest.fixture(autouse=True)
 def short_lock_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("broker.filelock.WAIT", 0.5)
+    monkeypatch.setattr("broker.followed.filelock.WAIT", 0.5)
 
 
 @pytest.fixture

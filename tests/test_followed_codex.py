@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.codex import CLIENT_ID
+from broker.providers.jwt_claims import claims
 
-from broker.errors import BrokerError
-from providers.codex import CLIENT_ID
-from providers.codex_file import rfc3339
-from providers.jwt_claims import claims
+from broker.core.errors import BrokerError
+from broker.followed.codex import rfc3339
 from tests.fakes.openai_auth import ALICE, CODEX_CLI_HEADERS, FakeOpenAIAuth, codex_served_headers
 from tests.followed_harness import InProcess, RaceSide, SimulatedCli, post, race, start_daemon
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.copilot import CLIENT_ID
 
-from broker.errors import BrokerError
-from providers.copilot import CLIENT_ID
+from broker.core.errors import BrokerError
 from tests.fakes.github import API_HEADERS, DEVICE_GRANT, EXCHANGE_HEADERS, FakeGitHub
 from tests.followed_harness import InProcess, post, start_daemon
 

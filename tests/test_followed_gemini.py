@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.gemini import CLIENT_ID, CLIENT_SECRET
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import BrokerError
-from broker.refresher import Status, refresh_lead
-from providers.gemini import CLIENT_ID, CLIENT_SECRET
+from broker.core.config import load_settings
+from broker.core.errors import BrokerError
+from broker.daemon.main import Daemon
+from broker.daemon.refresher import Status, refresh_lead
 from tests.conftest import TEST_RUN_CALLERS, isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.google_token import GoogleTokenServer

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from broker.client import Client
-from broker.filelock import flocked, open_regular
+from broker.followed.filelock import flocked, open_regular
 from tests.conftest import DaemonProcess
 from tests.followed_harness import start_daemon
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from broker.providers.qwen import CLIENT_ID
 
-from providers.qwen import CLIENT_ID
 from tests.fakes.qwen import DEVICE_GRANT, FakeQwen, qwen_code_api_headers
 from tests.followed_harness import InProcess, post, start_daemon
 from tests.helpers import without_lasting

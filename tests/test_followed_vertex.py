@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import BrokerError, NotLoggedIn
-from broker.refresher import Status, refresh_lead
+from broker.core.config import load_settings
+from broker.core.errors import BrokerError, NotLoggedIn
+from broker.daemon.main import Daemon
+from broker.daemon.refresher import Status, refresh_lead
 from tests.conftest import isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.google_token import JWT_BEARER, GoogleTokenServer

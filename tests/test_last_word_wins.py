@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker.client import Client
-from broker.errors import NotLoggedIn
+from broker.core.errors import NotLoggedIn
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.reliability.conftest import file_store

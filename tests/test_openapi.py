@@ -29,8 +29,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from broker.api import Api
-from broker.proxy_api import ProxyRoutes
+from broker.daemon.api import Api
+from broker.daemon.proxy_api import ProxyRoutes
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import device_login, without_lasting
@@ -258,7 +258,7 @@ def test_document_is_openapi_3_1_with_valid_2020_12_schemas_and_resolvable_refs(
 
 
 def test_error_code_enum_is_every_code_the_daemon_can_send():
-    from broker import errors
+    from broker.core import errors
 
     codes = {cls.code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.BrokerError)}
     enum = set(SPEC["components"]["schemas"]["ErrorCode"]["enum"])

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.registry import build_registry
 
-from broker.config import ConfigSource, Section, parse
-from broker.errors import ConfigError
-from providers.registry import build_registry
+from broker.core.config import ConfigSource, Section, parse
+from broker.core.errors import ConfigError
 from tests.conftest import DaemonProcess
 from tests.fakes.llm_upstream import FakeLLM
 

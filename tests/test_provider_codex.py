@@ -17,12 +17,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from broker.providers.codex import CLIENT_ID
+from broker.providers.jwt_claims import claims
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from providers.codex import CLIENT_ID
-from providers.jwt_claims import claims
+from broker.core.config import load_settings
+from broker.daemon.main import Daemon
 from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
 from tests.fakes.llm_upstream import CLOUDFLARE_PAGE, FakeLLM

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.copilot import CLIENT_ID
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from providers.copilot import CLIENT_ID
+from broker.core.config import load_settings
+from broker.daemon.main import Daemon
 from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
 from tests.fakes.github import API_HEADERS, EXCHANGE_HEADERS, FakeGitHub

@@ -7,10 +7,10 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from broker.providers.registry import build_registry
 
-from broker.config import load_settings
-from broker.errors import ConfigError
-from providers.registry import build_registry
+from broker.core.config import load_settings
+from broker.core.errors import ConfigError
 from tests.conftest import DaemonProcess, acme_config, isolated_env, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import authorize, browser_get, device_login

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from broker.providers.qwen import CLIENT_ID, base_url_for
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from providers.qwen import CLIENT_ID, base_url_for
+from broker.core.config import load_settings
+from broker.daemon.main import Daemon
 from tests.conftest import DaemonProcess, isolated_env, read_event
 from tests.fakes.clock import FakeClock
 from tests.fakes.llm_upstream import FakeLLM

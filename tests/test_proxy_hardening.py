@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from broker.proxy_guard import MAX_UNTRUSTED
+from broker.daemon.proxy.guard import MAX_UNTRUSTED
 from tests.conftest import DaemonProcess
 from tests.reliability.test_dos import soft_file_limit
 from tests.test_proxy import KEY, Proxied, call, login_key, proxied, proxy_answer, shared_proxy

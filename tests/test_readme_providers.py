@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from broker.providers.registry import build_registry
 
-from broker.config import ConfigSource, Section
-from broker.readme import END, README, START, render_table
-from providers.registry import build_registry
+from broker.cli.readme import END, README, START, render_table
+from broker.core.config import ConfigSource, Section
 from tests.conftest import DaemonProcess
 
 PROVIDERS_MD = Path(__file__).resolve().parents[2] / "shared" / "providers.md"
@@ -24,7 +24,7 @@ def test_readme_provider_table_is_the_one_the_registry_generates():
     text = README.read_text()
     assert START in text and END in text
     table = text.split(START, 1)[1].split(END, 1)[0].strip()
-    assert table == render_table(), "README.md's provider table is stale: run python -m broker.readme"
+    assert table == render_table(), "README.md's provider table is stale: run python -m broker.cli.readme"
 
 
 def test_readme_table_has_a_row_for_every_provider_and_config_type():
@@ -64,7 +64,7 @@ def test_every_row_of_the_compatibility_table_in_providers_md_is_registered_as_d
 
 @pytest.mark.parametrize("block", re.findall(r"```toml\n(.*?)```", README.read_text(), re.S))
 def test_every_config_example_in_the_readme_is_accepted(tmp_path: Path, block: str):
-    from broker.config import load_settings
+    from broker.core.config import load_settings
 
     config = tmp_path / "config.toml"
     config.write_text(block)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.daemon import Daemon
+from broker.daemon.main import Daemon
 from tests.fakes.anthropic_auth import AnthropicTokenServer
 from tests.fakes.clock import FakeClock
 from tests.fakes.tls_intercept import InterceptingProxy, TestCA

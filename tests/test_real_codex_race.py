@@ -31,10 +31,10 @@ import pytest
 from werkzeug.wrappers import Request
 
 from broker.client import Client
-from broker.clock import SystemClock
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import BrokerError
+from broker.core.clock import SystemClock
+from broker.core.config import load_settings
+from broker.core.errors import BrokerError
+from broker.daemon.main import Daemon
 from tests.conftest import isolated_env
 from tests.fakes.codex_backend import REPLY, FakeCodexBackend
 from tests.fakes.openai_auth import ALICE, FakeOpenAIAuth

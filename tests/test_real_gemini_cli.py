@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from broker.providers.gemini import CLIENT_ID
 
-from providers.gemini import CLIENT_ID
 from tests.fakes.tls_intercept import InterceptingProxy, TestCA
 from tests.peers import npm_program
 from tests.test_followed_gemini import Gemini, start

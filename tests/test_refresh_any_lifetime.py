@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.model import CredentialKey
+from broker.core.config import load_settings
+from broker.core.model import CredentialKey
+from broker.daemon.main import Daemon
 from tests.conftest import acme_config, isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.oauth_server import FakeOAuthServer

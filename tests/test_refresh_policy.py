@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from broker.model import Credential
-from broker.refresh_timing import (
+from broker.core.model import Credential
+from broker.daemon.refresh_timing import (
     BACKOFF_CAP,
     MIN_INTERVAL,
     backoff_delay,

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import LoginRequired
-from broker.model import CredentialKey
+from broker.core.config import load_settings
+from broker.core.errors import LoginRequired
+from broker.core.model import CredentialKey
+from broker.daemon.main import Daemon
 from tests.conftest import acme_config, isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.oauth_server import FakeOAuthServer

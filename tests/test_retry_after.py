@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from flows.http import MAX_RETRY_AFTER, HttpResponse
+from broker.flows.http import MAX_RETRY_AFTER, HttpResponse
 
 
 def answer(**headers: str) -> HttpResponse:

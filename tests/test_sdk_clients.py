@@ -16,7 +16,7 @@ import pytest
 from openai import OpenAI
 
 from broker.client import aget_token, get_token
-from broker.errors import NotLoggedIn
+from broker.core.errors import NotLoggedIn
 from tests.conftest import DaemonProcess
 from tests.fakes.github import FakeGitHub
 from tests.fakes.llm_upstream import FakeLLM

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import StoreError
+from broker.core.errors import StoreError
 from broker.store.file_store import FileStore
 from broker.store.keys import FileKey, KeyringKey, SystemdCredentialKey, key_source
 from tests.store_contract import StoreContract, StoreFactory, credential

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from broker.errors import StoreError
+from broker.core.errors import StoreError
 from broker.store.file_store import FileStore
 from broker.store.keyring_store import KeyringStore
 from broker.store.keys import KeyringKey, key_source

@@ -17,8 +17,8 @@ import keyring.backend
 import pytest
 from keyring.backends import chainer, fail, null
 
-from broker.errors import StoreError
-from broker.model import Credential
+from broker.core.errors import StoreError
+from broker.core.model import Credential
 from broker.store.file_store import FileStore
 from broker.store.keys import FileKey
 from broker.store.select import open_store, probe, viable_keyring
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHOOSE = """
 import json, sys
 from pathlib import Path
-from broker.errors import StoreError
+from broker.core.errors import StoreError
 from broker.store.select import open_store
 try:
     store = open_store(sys.argv[1], Path(sys.argv[2]))

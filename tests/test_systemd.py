@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.registry import build_registry
 
-from broker import service_units
-from broker.config import load_settings
-from providers.registry import build_registry
+from broker.cli import service_units
+from broker.core.config import load_settings
 from tests.conftest import DaemonProcess, acme_config, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
 

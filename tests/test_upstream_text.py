@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from broker.sanitize import printable, upstream_text
+from broker.core.sanitize import printable, upstream_text
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import device_login

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker.providers.registry import build_registry
+from broker.providers.wire import platform_facts, semantic
 
-from broker.config import ConfigSource, Section, parse
-from broker.errors import ConfigError
-from providers.registry import build_registry
-from providers.wire import platform_facts, semantic
+from broker.core.config import ConfigSource, Section, parse
+from broker.core.errors import ConfigError
 
 
 def described(text: str, name: str) -> dict[str, Any]:

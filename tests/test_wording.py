@@ -16,18 +16,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from broker.providers.base import LoginRequest, Provider
+from broker.providers.registry import build_registry
 
-from broker import hints
 from broker.cli.cmd_login import _check_options, _secret
-from broker.config import ConfigSource, Section, parse
-from broker.credentials import CredentialSet
-from broker.errors import BrokerError
-from broker.followed import FollowedFiles
-from broker.readme import render_table
+from broker.cli.readme import render_table
+from broker.core.config import ConfigSource, Section, parse
+from broker.core.errors import BrokerError
+from broker.daemon import hints
+from broker.daemon.credentials import CredentialSet
+from broker.followed.files import FollowedFiles
 from broker.store.file_store import FileStore
 from broker.store.keys import FileKey
-from providers.base import LoginRequest, Provider
-from providers.registry import build_registry
 
 CONFIG = """
 [providers.acme]

@@ -11,7 +11,7 @@ from typing import Any
 from broker.cli.connect import client
 from broker.cli.timefmt import seconds_in
 from broker.client import query
-from broker.sanitize import printable
+from broker.core.sanitize import printable
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from broker.client import Client
-from broker.errors import BadRequest
+from broker.core.errors import BadRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

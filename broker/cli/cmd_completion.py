@@ -10,7 +10,7 @@ from broker.cli.parser import build_parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from providers.registry import BUILTINS
+    from broker.providers.registry import BUILTINS
 
     builtins = sorted(BUILTINS)
     parser = build_parser()

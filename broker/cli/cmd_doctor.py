@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
+from broker.cli.doctor import run_checks
 from broker.cli.style import paint
-from broker.doctor import run_checks
 
 MARKS = {"ok": ("ok", "ok"), "warn": ("warn", "warn"), "fail": ("FAIL", "error")}
 

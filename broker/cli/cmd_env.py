@@ -11,8 +11,8 @@ import json
 import sys
 
 from broker.cli.connect import client
+from broker.cli.envvars import cleared, variables
 from broker.client import Client, quote
-from broker.envvars import cleared, variables
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

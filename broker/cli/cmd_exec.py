@@ -16,9 +16,9 @@ import os
 import sys
 
 from broker.cli.connect import client
+from broker.cli.envvars import child_environment, variables
 from broker.client import quote
-from broker.envvars import child_environment, variables
-from broker.machine import machine_id
+from broker.core.machine import machine_id
 
 NOT_FOUND, CANNOT_RUN = 127, 126
 

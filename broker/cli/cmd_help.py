@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from broker.cli.parser import build_parser, subcommands
-from broker.errors import BadRequest
+from broker.core.errors import BadRequest
 
 
 def run(args: argparse.Namespace) -> int:

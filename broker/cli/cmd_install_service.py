@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from broker import service_units
-from broker.config import default_socket_path, socket_path_from_env
-from broker.errors import BrokerError
+from broker.cli import service_units
+from broker.core.config import default_socket_path, socket_path_from_env
+from broker.core.errors import BrokerError
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,14 +20,14 @@ import threading
 import time
 from typing import Any
 
-from broker import login_options
 from broker.cli.connect import client
 from broker.cli.main import report
 from broker.cli.style import paint
 from broker.cli.timefmt import until
 from broker.client import quote
-from broker.errors import BadRequest, BrokerError, from_wire
-from broker.sanitize import printable
+from broker.core import login_options
+from broker.core.errors import BadRequest, BrokerError, from_wire
+from broker.core.sanitize import printable
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,10 +7,10 @@ import asyncio
 import dataclasses
 import os
 
-from broker.config import load_settings
-from broker.daemon import configure_logging
-from broker.daemon import run as run_daemon
-from broker.errors import BadRequest
+from broker.core.config import load_settings
+from broker.core.errors import BadRequest
+from broker.daemon.main import configure_logging
+from broker.daemon.main import run as run_daemon
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from broker.cli.connect import client
 from broker.cli.style import paint
 from broker.cli.timefmt import until
-from broker.sanitize import printable
+from broker.core.sanitize import printable
 
 NEEDS_LOGIN = ("login_required", "expired")
 PROBLEMS = ("error", "uncertain", *NEEDS_LOGIN)

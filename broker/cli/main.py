@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-    from broker.errors import BrokerError
+    from broker.core.errors import BrokerError
 
 MODULES = {"__complete": "complete", "install-service": "install_service", "proxy-key": "proxy_key"}
 """Commands whose module name is not ``cmd_<command>``."""
@@ -86,9 +86,9 @@ def _broker_error(exc: Exception) -> BrokerError | None:
     cost about 3% of a ``broker token``. While it is not loaded, no exception can be
     one of them.
     """
-    if "broker.errors" not in sys.modules:
+    if "broker.core.errors" not in sys.modules:
         return None
-    from broker.errors import BrokerError
+    from broker.core.errors import BrokerError
 
     return exc if isinstance(exc, BrokerError) else None
 
@@ -96,7 +96,7 @@ def _broker_error(exc: Exception) -> BrokerError | None:
 def report(exc: BrokerError) -> None:
     """An error for a person: what is wrong, then what to do (no control character reaches the terminal)."""
     from broker.cli.style import paint
-    from broker.sanitize import printable
+    from broker.core.sanitize import printable
 
     print(f"{paint('broker:', 'error', sys.stderr)} {printable(exc.code)}: {printable(exc.message)}", file=sys.stderr)
     if exc.hint:

@@ -23,7 +23,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def seconds_in(text: str) -> float:
     """``90``, ``45s``, ``15m``, ``1h``, ``2d``: how many seconds; ``BadRequest`` for anything else."""
-    from broker.errors import BadRequest
+    from broker.core.errors import BadRequest
 
     number, unit = (text[:-1], text[-1]) if text[-1:] in UNITS else (text, "s")
     try:

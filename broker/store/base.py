@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from broker.model import Credential, CredentialKey
+from broker.core.model import Credential, CredentialKey
 
 
 class Store(Protocol):

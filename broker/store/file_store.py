@@ -25,11 +25,11 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from broker.atomic import replace_atomically
-from broker.errors import StoreError
-from broker.model import Credential, CredentialKey
+from broker.core.atomic import replace_atomically
+from broker.core.errors import StoreError
+from broker.core.model import Credential, CredentialKey
+from broker.core.trust import Untrusted, ensure_private_dir
 from broker.store.keys import KeySource
-from broker.trust import Untrusted, ensure_private_dir
 
 log = logging.getLogger("broker.store")
 

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from broker.errors import StoreError
-from broker.model import Credential, CredentialKey
+from broker.core.errors import StoreError
+from broker.core.model import Credential, CredentialKey
 
 if TYPE_CHECKING:  # keyring itself is imported only where a keyring is used (select.py)
     from keyring.backend import KeyringBackend

@@ -16,8 +16,8 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from broker.atomic import fsync_dir
-from broker.errors import StoreError
+from broker.core.atomic import fsync_dir
+from broker.core.errors import StoreError
 from broker.store.keyring_store import backend_label
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.errors import StoreError
+from broker.core.errors import StoreError
 from broker.store.base import Store
 from broker.store.file_store import FILE_NAME, FileStore
 from broker.store.keyring_store import KeyringStore, backend_label

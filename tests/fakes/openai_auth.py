@@ -50,10 +50,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from broker.providers.codex import CLIENT_ID
+from broker.providers.wire import platform_facts
 from werkzeug.wrappers import Request, Response
 
-from providers.codex import CLIENT_ID
-from providers.wire import platform_facts
 from tests.fakes.llm_upstream import CLOUDFLARE_PAGE, CODEX_ORIGINATORS
 from tests.fakes.loopback import LoopbackServer
 

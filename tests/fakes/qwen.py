@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from broker.providers.qwen import CLIENT_ID
+from broker.providers.wire import platform_facts
 from werkzeug.wrappers import Request, Response
 
-from providers.qwen import CLIENT_ID
-from providers.wire import platform_facts
 from tests.fakes.loopback import LoopbackServer
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

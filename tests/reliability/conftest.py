@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import BrokerError
-from broker.model import Credential, CredentialKey
-from broker.refresher import Status
+from broker.core.config import load_settings
+from broker.core.errors import BrokerError
+from broker.core.model import Credential, CredentialKey
+from broker.daemon.main import Daemon
+from broker.daemon.refresher import Status
 from broker.store.base import Store
 from broker.store.select import open_store
 from tests.conftest import isolated_env

@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 
 from broker.client import Client
-from broker.errors import DaemonUnavailable
-from broker.model import Credential
+from broker.core.errors import DaemonUnavailable
+from broker.core.model import Credential
 from tests.conftest import READY_TIMEOUT, DaemonProcess, acme_config
 from tests.fakes.faulty_upstream import FaultyUpstream
 from tests.fakes.oauth_server import FakeOAuthServer
@@ -47,7 +47,7 @@ REFRESHES_PER_WINDOW = 2
 
 ZYGOTE = r"""
 import os, signal, sys
-import broker.cli.cmd_serve, broker.daemon  # the slow imports, once
+import broker.cli.cmd_serve, broker.daemon.main  # the slow imports, once
 from broker.cli.main import main
 
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
@@ -229,13 +229,13 @@ def test_every_sigkill_during_refreshes_leaves_a_parsable_store_and_the_login(
 
 
 def helpers_of(pid: int) -> list[int]:
-    """The refresh helpers (``python -m broker.redeem``) that process ``pid`` started."""
+    """The refresh helpers (``python -m broker.daemon.redeem``) that process ``pid`` started."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             if not entry.name.isdigit() or f"\nPPid:\t{pid}\n" not in (entry / "status").read_text():
                 continue
-            if b"broker.redeem" in (entry / "cmdline").read_bytes():
+            if b"broker.daemon.redeem" in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from broker.api import DEFAULT_MIN_TTL
+from broker.daemon.api import DEFAULT_MIN_TTL
 from tests.fakes.clock import FakeClock
 from tests.fakes.faulty_upstream import FaultyUpstream
 from tests.reliability.conftest import Rig

@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from broker.providers.registry import BUILTINS, build_registry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.client import Client
-from broker.config import load_settings
-from broker.daemon import Daemon
-from broker.errors import BrokerError, ConfigError
-from providers.registry import BUILTINS, build_registry
+from broker.core.config import load_settings
+from broker.core.errors import BrokerError, ConfigError
+from broker.daemon.main import Daemon
 from tests.conftest import isolated_env
 from tests.fakes.refresh_server import RefreshServer
 from tests.followed_harness import CLI_ENV

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from broker.client import Client
-from broker.errors import BrokerError
+from broker.core.errors import BrokerError
 from tests.conftest import DaemonProcess, read_event
 from tests.conftest import acme_config as oauth_config
 from tests.fakes.faulty_upstream import FaultyUpstream

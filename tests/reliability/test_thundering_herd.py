@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from broker.model import Credential
+from broker.core.model import Credential
 from tests.conftest import DaemonProcess
 from tests.fakes.faulty_upstream import FaultyUpstream
 from tests.reliability.conftest import acme_config, file_store
