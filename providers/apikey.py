@@ -133,7 +133,7 @@ class ApiKeyProvider(Provider):
         if base_url is None and resource and deployment:
             base_url = f"https://{resource}.openai.azure.com/openai/deployments/{deployment}"
         provider = cls._from(service, section, base_url)
-        provider.query = {"api-version": section.str("api_version", AZURE_API_VERSION), **provider.query}
+        provider.query = {"api-version": section.text("api_version", AZURE_API_VERSION), **provider.query}
         if base_url is None:
             provider.setup_hint = "set resource and deployment (or base_url) under [providers.azure] in the config"
         return provider
@@ -145,10 +145,10 @@ class ApiKeyProvider(Provider):
             api=service.api,
             base_url=section.url("base_url", base_url),
             auth=service.auth,
-            description=section.str("description", service.title),
-            headers=section.str_table("headers"),
-            query=section.str_table("query"),
-            proxy=section.optional_str("proxy"),
+            description=section.text("description", service.title),
+            headers=section.text_table("headers"),
+            query=section.text_table("query"),
+            proxy=section.optional_text("proxy"),
             secret_prompt=service.key_name,
         )
 
@@ -198,7 +198,7 @@ class ApiKeyProvider(Provider):
 
 
 def _azure_name(section: Section, key: str) -> str | None:
-    value = section.optional_str(key)
+    value = section.optional_text(key)
     if value is not None and not AZURE_NAME.fullmatch(value):
         raise section.error(key, "must be an Azure name: letters, digits, '-', '_' or '.'")
     return value

@@ -91,7 +91,7 @@ class ClaudeProvider(Provider):
             base_url=section.url("base_url", BASE_URL),
             endpoints=endpoints_from(section, ENDPOINTS),
             wire=WIRE.configured(section),
-            proxy=section.optional_str("proxy"),
+            proxy=section.optional_text("proxy"),
         )
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:

@@ -103,16 +103,16 @@ class CodexProvider(Provider):
     @classmethod
     def from_config(cls, name: str, section: Section) -> CodexProvider:
         section.check_keys(CONFIG_KEYS)
-        first = section.int("redirect_port", REDIRECT_PORT, min=1, max=65535)
-        second = section.int("fallback_redirect_port", FALLBACK_REDIRECT_PORT, min=1, max=65535)
+        first = section.integer("redirect_port", REDIRECT_PORT, min=1, max=65535)
+        second = section.integer("fallback_redirect_port", FALLBACK_REDIRECT_PORT, min=1, max=65535)
         return cls(
             name=name,
             base_url=section.url("base_url", BASE_URL),
             endpoints=endpoints_from(section, ENDPOINTS),
             wire=WIRE.configured(section),
             redirect_ports=(first,) if first == second else (first, second),
-            proxy=section.optional_str("proxy"),
-            description=section.str("description", DESCRIPTION),
+            proxy=section.optional_text("proxy"),
+            description=section.text("description", DESCRIPTION),
         )
 
     @property

@@ -102,7 +102,7 @@ class CopilotProvider(Provider):
     @classmethod
     def from_config(cls, name: str, section: Section) -> CopilotProvider:
         section.check_keys(KEYS)
-        exchange = section.bool("exchange", True)
+        exchange = section.flag("exchange", True)
         if not exchange and "client_id" not in section:
             raise section.error(
                 "client_id", "is required with exchange = false: the id of an OAuth app GitHub approved for Copilot"
@@ -119,7 +119,7 @@ class CopilotProvider(Provider):
             exchange=exchange,
             wire=WIRE.configured(section),
             configured_base_url=section.url("base_url", None),
-            proxy=section.optional_str("proxy"),
+            proxy=section.optional_text("proxy"),
         )
 
     # --- data derived from the host ------------------------------------------------------

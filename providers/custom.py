@@ -115,27 +115,27 @@ class CustomOAuthProvider(Provider):
         flow = section.choice("flow", FLOWS, "device")
         if issuer is None and configured.token_endpoint is None:
             raise section.error("token_endpoint", "is required when no issuer is given for discovery")
-        authorize_params = section.str_table("authorize_params")
+        authorize_params = section.text_table("authorize_params")
         for name in sorted(FLOW_PARAMS & set(authorize_params)):
             hint = "use scopes" if name == "scope" else "broker sets it for each login"
             raise section.section("authorize_params").error(name, f"cannot be set here ({hint})")
         return cls(
             name=name,
-            api=section.str("api", "openai-chat"),
+            api=section.text("api", "openai-chat"),
             base_url=section.url("base_url", None),
             flow=flow,
             client=OAuthClient(
-                client_id=section.str("client_id"),
-                client_secret=section.optional_str("client_secret") or None,
+                client_id=section.text("client_id"),
+                client_secret=section.optional_text("client_secret") or None,
             ),
-            scopes=section.str_list("scopes"),
+            scopes=section.text_list("scopes"),
             issuer=issuer,
             configured=configured,
-            redirect_port=section.int("redirect_port", 0, min=0, max=65535),
-            redirect_path=section.str("redirect_path", "/callback"),
-            proxy=section.optional_str("proxy"),
-            headers=section.str_table("headers"),
-            description=section.str("description", "OAuth 2.0 server from config"),
+            redirect_port=section.integer("redirect_port", 0, min=0, max=65535),
+            redirect_path=section.text("redirect_path", "/callback"),
+            proxy=section.optional_text("proxy"),
+            headers=section.text_table("headers"),
+            description=section.text("description", "OAuth 2.0 server from config"),
             authorize_params=authorize_params,
         )
 

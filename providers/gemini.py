@@ -80,8 +80,8 @@ class GeminiProvider(Provider):
             base_url=section.url("base_url", BASE_URL),
             endpoints=endpoints_from(section, ENDPOINTS),
             wire=WIRE.configured(section),
-            client_secret=section.str("client_secret", CLIENT_SECRET),
-            proxy=section.optional_str("proxy"),
+            client_secret=section.text("client_secret", CLIENT_SECRET),
+            proxy=section.optional_text("proxy"),
         )
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:

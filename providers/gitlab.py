@@ -136,7 +136,7 @@ class GitLabProvider(Provider):
             overrides=overrides,
             serve=section.choice("serve", tuple(ROUTES), "code_suggestions"),
             gateway_url=section.url("gateway_url", GATEWAY).rstrip("/"),
-            proxy=section.optional_str("proxy"),
+            proxy=section.optional_text("proxy"),
             wire=WIRE.configured(section),
             feature_flags={**FEATURE_FLAGS, **_flags(section)},
         )
@@ -294,7 +294,7 @@ class GitLabProvider(Provider):
 def _flags(section: Section) -> dict[str, bool]:
     """``feature_flags``: a table of true/false, merged over gitlab-ai-provider's."""
     table = section.section("feature_flags")
-    return {name: table.bool(name) for name in table.data}
+    return {name: table.flag(name) for name in table.data}
 
 
 def _instance(value: str) -> str:

@@ -46,8 +46,8 @@ class LocalProvider(Provider):
         return cls(
             name=name,
             base_url=section.url("base_url", base_url).rstrip("/"),
-            description=section.str("description", description),
-            headers=section.str_table("headers"),
+            description=section.text("description", description),
+            headers=section.text_table("headers"),
         )
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:

@@ -106,9 +106,9 @@ class QwenProvider(Provider):
             endpoints=endpoints_from(section, ENDPOINTS),
             wire=WIRE.configured(section),
             forced_base_url=section.url("base_url", None),
-            poll=dataclasses.replace(POLL, interval=section.float("poll_interval", POLL.interval or 2.0, min=0.01)),
-            proxy=section.optional_str("proxy"),
-            description=section.str("description", DESCRIPTION),
+            poll=dataclasses.replace(POLL, interval=section.number("poll_interval", POLL.interval or 2.0, min=0.01)),
+            proxy=section.optional_text("proxy"),
+            description=section.text("description", DESCRIPTION),
         )
 
     @property

@@ -84,12 +84,12 @@ def build_registry(providers: Section) -> Registry:
 def _with_shared_settings(factory: ProviderFactory, name: str, section: Section) -> Provider:
     """Read the keys every provider shares (following a CLI's file, ``callers``); the provider reads the rest."""
     follow = FollowSettings(
-        enabled=section.bool("follow", True),
+        enabled=section.flag("follow", True),
         file=section.local_path("file") if "file" in section else None,
-        write_back=section.bool("write_back", True),
+        write_back=section.flag("write_back", True),
         prefer="file" if section.choice("prefer", ("login", "file"), "login") == "file" else "login",
     )
-    callers = section.str_list("callers") if "callers" in section else None
+    callers = section.text_list("callers") if "callers" in section else None
     for entry in callers or ():
         problem = callers_problem(entry)
         if problem is not None:

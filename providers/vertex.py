@@ -70,9 +70,9 @@ class VertexProvider(Provider):
     @classmethod
     def from_config(cls, name: str, section: Section) -> VertexProvider:
         section.check_keys(CONFIG_KEYS)
-        region = _checked(section, "region", section.str("region", REGION), _NAME_PART)
-        publisher = _checked(section, "publisher", section.str("publisher", PUBLISHER), _NAME_PART)
-        project = section.optional_str("project")
+        region = _checked(section, "region", section.text("region", REGION), _NAME_PART)
+        publisher = _checked(section, "publisher", section.text("publisher", PUBLISHER), _NAME_PART)
+        project = section.optional_text("project")
         if project is not None:
             project = _checked(section, "project", project, _PROJECT)
         forced = section.url("base_url", None)
@@ -86,7 +86,7 @@ class VertexProvider(Provider):
             project=project,
             publisher=publisher,
             forced_base_url=forced,
-            proxy=section.optional_str("proxy"),
+            proxy=section.optional_text("proxy"),
         )
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:

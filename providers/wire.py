@@ -60,12 +60,12 @@ class Wire:
         versions = dict(self.versions)
         if "versions" in section:
             section.section("versions").check_keys(self.versions)
-            versions.update(section.str_table("versions"))
+            versions.update(section.text_table("versions"))
         values = {**platform_facts(), **versions}
         return replace(
             self,
-            client_id=section.str("client_id", self.client_id) if self.client_id is not None else None,
-            scopes=section.str_list("scopes", self.scopes) if self.scopes is not None else None,
+            client_id=section.text("client_id", self.client_id) if self.client_id is not None else None,
+            scopes=section.text_list("scopes", self.scopes) if self.scopes is not None else None,
             authorize_params=_merged(section, "authorize_params", self.authorize_params, values),
             headers=_merged(section, "headers", self.headers, values),
             token_headers=_merged(section, "token_headers", self.token_headers, values),
@@ -86,7 +86,7 @@ def _merged(
 ) -> dict[str, str] | None:
     if default is None:
         return None
-    given = section.str_table(key) if key in section else {}
+    given = section.text_table(key) if key in section else {}
     merged = {name: value for name, value in {**default, **given}.items() if value}
     table = section.section(key)
     for name, value in merged.items():

@@ -186,24 +186,24 @@ def _acme(env: dict[str, str]) -> Section:
 
 
 GETTER_ERRORS: list[tuple[Callable[[Section], object], int, str, str]] = [
-    (lambda s: s.str("name"), 2, "providers.acme.name", "must be a string (got an integer)"),
-    (lambda s: s.str("absent"), 1, "providers.acme.absent", "is required"),
-    (lambda s: s.optional_str("name"), 2, "providers.acme.name", "must be a string (got an integer)"),
-    (lambda s: s.int("count"), 3, "providers.acme.count", "must be an integer (got a string)"),
-    (lambda s: s.int("big", max=100), 12, "providers.acme.big", "must be at most 100 (got 500)"),
-    (lambda s: s.int("big", min=1, max=9), 12, "providers.acme.big", "must be between 1 and 9 (got 500)"),
-    (lambda s: s.float("ratio"), 4, "providers.acme.ratio", "must be a number (got a string)"),
-    (lambda s: s.float("big", min=1000), 12, "providers.acme.big", "must be at least 1000 (got 500.0)"),
-    (lambda s: s.bool("enabled"), 5, "providers.acme.enabled", "must be true or false (got an integer)"),
+    (lambda s: s.text("name"), 2, "providers.acme.name", "must be a string (got an integer)"),
+    (lambda s: s.text("absent"), 1, "providers.acme.absent", "is required"),
+    (lambda s: s.optional_text("name"), 2, "providers.acme.name", "must be a string (got an integer)"),
+    (lambda s: s.integer("count"), 3, "providers.acme.count", "must be an integer (got a string)"),
+    (lambda s: s.integer("big", max=100), 12, "providers.acme.big", "must be at most 100 (got 500)"),
+    (lambda s: s.integer("big", min=1, max=9), 12, "providers.acme.big", "must be between 1 and 9 (got 500)"),
+    (lambda s: s.number("ratio"), 4, "providers.acme.ratio", "must be a number (got a string)"),
+    (lambda s: s.number("big", min=1000), 12, "providers.acme.big", "must be at least 1000 (got 500.0)"),
+    (lambda s: s.flag("enabled"), 5, "providers.acme.enabled", "must be true or false (got an integer)"),
     (
         lambda s: s.choice("flow", ["device", "pkce"]),
         6,
         "providers.acme.flow",
         'must be one of "device", "pkce" (got "devcie")',
     ),
-    (lambda s: s.str_list("scopes"), 7, "providers.acme.scopes", "must be an array of strings"),
-    (lambda s: s.str_list("more"), 8, "providers.acme.more", "item 1 must be a string (got an integer)"),
-    (lambda s: s.str_table("headers"), 9, "providers.acme.headers.X-A", "must be a string (got an integer)"),
+    (lambda s: s.text_list("scopes"), 7, "providers.acme.scopes", "must be an array of strings"),
+    (lambda s: s.text_list("more"), 8, "providers.acme.more", "item 1 must be a string (got an integer)"),
+    (lambda s: s.text_table("headers"), 9, "providers.acme.headers.X-A", "must be a string (got an integer)"),
     (lambda s: s.url("url"), 10, "providers.acme.url", "must be an absolute http:// or https:// URL"),
     (lambda s: s.section("sub"), 11, "providers.acme.sub", "must be a table (got an integer)"),
     (lambda s: s.check_keys(["name"]), 3, "providers.acme.count", "unknown key"),
@@ -224,15 +224,15 @@ def test_every_getter_error_names_path_line_and_dotted_key(
 def test_bool_is_not_an_integer(env: dict[str, str]) -> None:
     s = load(env, "[providers.acme]\nn = true\n").providers["acme"]
     with pytest.raises(ConfigError, match="must be an integer \\(got a boolean\\)"):
-        s.int("n")
+        s.integer("n")
     with pytest.raises(ConfigError, match="must be a number \\(got a boolean\\)"):
-        s.float("n")
+        s.number("n")
 
 
 def test_type_errors_do_not_echo_the_value(env: dict[str, str]) -> None:
     s = load(env, '[providers.acme]\nheaders = {Authorization = ["sk-secret"]}\n').providers["acme"]
     with pytest.raises(ConfigError) as info:
-        s.str_table("headers")
+        s.text_table("headers")
     assert "sk-secret" not in str(info.value)
 
 
@@ -347,14 +347,14 @@ def test_provider_section_typed_getters_return_values(env: dict[str, str]) -> No
     s = load(env, ACME).providers["acme"]
     assert s.path == ("providers", "acme")
     assert s.choice("flow", ["device", "pkce"]) == "pkce"
-    assert s.str("client_id") == "abc"
-    assert s.optional_str("client_secret") is None
-    assert s.int("port", min=1, max=65535) == 8123
-    assert s.float("timeout") == 2.5
-    assert s.float("port") == 8123.0
-    assert s.bool("verify") is False
-    assert s.str_list("scopes") == ("openid", "email")
-    assert s.str_table("headers") == {"X-A": "1", "X-B": "2"}
+    assert s.text("client_id") == "abc"
+    assert s.optional_text("client_secret") is None
+    assert s.integer("port", min=1, max=65535) == 8123
+    assert s.number("timeout") == 2.5
+    assert s.number("port") == 8123.0
+    assert s.flag("verify") is False
+    assert s.text_list("scopes") == ("openid", "email")
+    assert s.text_table("headers") == {"X-A": "1", "X-B": "2"}
     assert s.url("authorize_url") == "https://auth.example.com/authorize"
     assert s.section("token").url("url") == "https://auth.example.com/token"
     s.check_keys(["flow", "client_id", "port", "timeout", "verify", "scopes", "headers", "authorize_url", "token"])
@@ -362,13 +362,13 @@ def test_provider_section_typed_getters_return_values(env: dict[str, str]) -> No
 
 def test_provider_section_defaults_apply_to_absent_keys(env: dict[str, str]) -> None:
     s = load(env, ACME).providers["beta"]
-    assert s.str("client_id", "default") == "default"
-    assert s.int("port", 0, min=1) == 0
-    assert s.float("timeout", 30.0) == 30.0
-    assert s.bool("verify", True) is True
+    assert s.text("client_id", "default") == "default"
+    assert s.integer("port", 0, min=1) == 0
+    assert s.number("timeout", 30.0) == 30.0
+    assert s.flag("verify", True) is True
     assert s.choice("flow", ["device", "pkce"], "device") == "device"
-    assert s.str_list("scopes", ["a"]) == ("a",)
-    assert s.str_table("headers") == {}
+    assert s.text_list("scopes", ["a"]) == ("a",)
+    assert s.text_table("headers") == {}
     assert s.url("base_url", "https://api.example.com") == "https://api.example.com"
     assert s.section("token").data == {}
     assert s.local_path("file", "/default") == Path("/default")
@@ -384,7 +384,7 @@ def test_url_with_none_default_is_optional_but_still_checked(env: dict[str, str]
 def test_missing_required_key_points_at_its_table_header(env: dict[str, str]) -> None:
     s = load(env, ACME).providers["beta"]
     with pytest.raises(ConfigError, match=r":13: providers\.beta\.client_id: is required$"):
-        s.str("client_id")
+        s.text("client_id")
 
 
 def test_sections_lists_every_provider_in_file_order(env: dict[str, str]) -> None:
@@ -396,7 +396,7 @@ def test_sections_lists_every_provider_in_file_order(env: dict[str, str]) -> Non
 def test_error_without_a_config_file_says_so(env: dict[str, str]) -> None:
     s = load_settings(env).root.section("providers").section("acme")
     with pytest.raises(ConfigError, match=r"^\(no config file\): providers\.acme\.client_id: is required$"):
-        s.str("client_id")
+        s.text("client_id")
 
 
 def test_quoted_key_parts_are_shown_quoted(env: dict[str, str]) -> None:

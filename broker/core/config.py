@@ -11,7 +11,6 @@ Stdlib only, and tomllib, difflib and urllib are imported when first needed: the
 
 from __future__ import annotations
 
-import builtins
 import enum
 import functools
 import math
@@ -307,14 +306,14 @@ def _quote(value: str, limit: int = 80) -> str:
 
 def _kind(value: Any) -> str:
     """What a TOML value is, in words; never the value itself (it may be a secret)."""
-    if isinstance(value, builtins.bool):
+    if isinstance(value, bool):
         return "a boolean"
     for types, word in (
-        (builtins.str, "a string"),
-        (builtins.int, "an integer"),
-        (builtins.float, "a float"),
-        (builtins.list, "an array"),
-        (builtins.dict, "a table"),
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a float"),
+        (list, "an array"),
+        (dict, "a table"),
     ):
         if isinstance(value, types):
             return word
@@ -325,62 +324,62 @@ def _kind(value: Any) -> str:
 class Section:
     """A TOML table with typed getters that raise ConfigError pointing at the key."""
 
-    path: tuple[builtins.str, ...]
-    data: Mapping[builtins.str, Any]
+    path: tuple[str, ...]
+    data: Mapping[str, Any]
     source: ConfigSource
 
-    def __contains__(self, key: object) -> builtins.bool:
+    def __contains__(self, key: object) -> bool:
         return key in self.data
 
-    def error(self, key: builtins.str | None, message: builtins.str) -> ConfigError:
+    def error(self, key: str | None, message: str) -> ConfigError:
         """An error at ``key`` of this table (or at the table itself)."""
         label = dotted((*self.path, key) if key is not None else self.path) or "(top level)"
         hint = FILE_HINT if self.source.path is not None else "set it in a config file (see BROKER_CONFIG)"
         return ConfigError(f"{self.source.where(self.path, key)}: {label}: {message}", hint)
 
-    def _get(self, key: builtins.str, default: Any, types: tuple[type, ...], kind: builtins.str) -> Any:
+    def _get(self, key: str, default: Any, types: tuple[type, ...], kind: str) -> Any:
         if key not in self.data:
             if default is MISSING:
                 raise self.error(key, "is required")
             return default
         value = self.data[key]
-        if not isinstance(value, types) or (builtins.bool not in types and isinstance(value, builtins.bool)):
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             raise self.error(key, f"must be {kind} (got {_kind(value)})")
         return value
 
-    def str(self, key: builtins.str, default: builtins.str | _Missing = MISSING) -> builtins.str:
-        value: builtins.str = self._get(key, default, (builtins.str,), "a string")
+    def text(self, key: str, default: str | _Missing = MISSING) -> str:
+        value: str = self._get(key, default, (str,), "a string")
         return value
 
-    def optional_str(self, key: builtins.str) -> builtins.str | None:
-        value: builtins.str | None = self._get(key, None, (builtins.str,), "a string")
+    def optional_text(self, key: str) -> str | None:
+        value: str | None = self._get(key, None, (str,), "a string")
         return value
 
-    def int(
+    def integer(
         self,
-        key: builtins.str,
-        default: builtins.int | _Missing = MISSING,
+        key: str,
+        default: int | _Missing = MISSING,
         *,
-        min: builtins.int | None = None,
-        max: builtins.int | None = None,
-    ) -> builtins.int:
+        min: int | None = None,
+        max: int | None = None,
+    ) -> int:
         if key not in self.data and default is not MISSING:
             return default
-        value: builtins.int = self._get(key, default, (builtins.int,), "an integer")
+        value: int = self._get(key, default, (int,), "an integer")
         self._check_range(key, value, min, max)
         return value
 
-    def float(
+    def number(
         self,
-        key: builtins.str,
-        default: builtins.float | _Missing = MISSING,
+        key: str,
+        default: float | _Missing = MISSING,
         *,
-        min: builtins.float | None = None,
-        max: builtins.float | None = None,
-    ) -> builtins.float:
+        min: float | None = None,
+        max: float | None = None,
+    ) -> float:
         if key not in self.data and default is not MISSING:
             return default
-        value = builtins.float(self._get(key, default, (builtins.int, builtins.float), "a number"))
+        value = float(self._get(key, default, (int, float), "a number"))
         if not math.isfinite(value):  # TOML allows inf and nan; no setting of broker means them
             raise self.error(key, f"must be a finite number (got {value})")
         self._check_range(key, value, min, max)
@@ -388,10 +387,10 @@ class Section:
 
     def _check_range(
         self,
-        key: builtins.str,
-        value: builtins.float,
-        low: builtins.float | None,
-        high: builtins.float | None,
+        key: str,
+        value: float,
+        low: float | None,
+        high: float | None,
     ) -> None:
         if low is not None and high is not None and not low <= value <= high:
             raise self.error(key, f"must be between {low} and {high} (got {value})")
@@ -400,77 +399,73 @@ class Section:
         if high is not None and value > high:
             raise self.error(key, f"must be at most {high} (got {value})")
 
-    def bool(self, key: builtins.str, default: builtins.bool | _Missing = MISSING) -> builtins.bool:
-        value: builtins.bool = self._get(key, default, (builtins.bool,), "true or false")
+    def flag(self, key: str, default: bool | _Missing = MISSING) -> bool:
+        value: bool = self._get(key, default, (bool,), "true or false")
         return value
 
-    def choice(
-        self, key: builtins.str, choices: Sequence[builtins.str], default: builtins.str | _Missing = MISSING
-    ) -> builtins.str:
-        value = self.str(key, default)
+    def choice(self, key: str, choices: Sequence[str], default: str | _Missing = MISSING) -> str:
+        value = self.text(key, default)
         if key in self.data and value not in choices:
             raise self.error(key, _choice_message(value, choices))
         return value
 
-    def str_list(self, key: builtins.str, default: Sequence[builtins.str] = ()) -> builtins.tuple[builtins.str, ...]:
+    def text_list(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
         """An array of strings. A lone string is refused rather than split: ``["a", "b"]``."""
         if key not in self.data:
             return tuple(default)
         value = self.data[key]
-        if not isinstance(value, builtins.list):
+        if not isinstance(value, list):
             raise self.error(key, f'must be an array of strings, like ["a", "b"] (got {_kind(value)})')
         for index, item in enumerate(value):
-            if not isinstance(item, builtins.str):
+            if not isinstance(item, str):
                 raise self.error(key, f"item {index} must be a string (got {_kind(item)})")
         return tuple(value)
 
-    def str_table(self, key: builtins.str) -> builtins.dict[builtins.str, builtins.str]:
+    def text_table(self, key: str) -> dict[str, str]:
         """A table of strings, like ``headers = {X-A = "1"}``; missing means empty."""
         table = self.section(key)
         for name, value in table.data.items():
-            if not isinstance(value, builtins.str):
+            if not isinstance(value, str):
                 raise table.error(name, f"must be a string (got {_kind(value)})")
-        return builtins.dict(table.data)
+        return dict(table.data)
 
     @overload
-    def url(self, key: builtins.str, default: builtins.str | _Missing = MISSING) -> builtins.str: ...
+    def url(self, key: str, default: str | _Missing = MISSING) -> str: ...
     @overload
-    def url(self, key: builtins.str, default: None) -> builtins.str | None: ...
-    def url(self, key: builtins.str, default: builtins.str | _Missing | None = MISSING) -> builtins.str | None:
+    def url(self, key: str, default: None) -> str | None: ...
+    def url(self, key: str, default: str | _Missing | None = MISSING) -> str | None:
         """An absolute http(s) URL with a host; ``default=None`` makes it optional."""
-        value: builtins.str | None = self._get(key, default, (builtins.str,), "a string")
+        value: str | None = self._get(key, default, (str,), "a string")
         if value is not None and key in self.data:
             problem = _url_problem(value)
             if problem:
                 raise self.error(key, problem)
         return value
 
-    def local_path(self, key: builtins.str, default: builtins.str | Path | _Missing = MISSING) -> Path:
+    def local_path(self, key: str, default: str | Path | _Missing = MISSING) -> Path:
         """A filesystem path: ``~`` and ``$VARS`` expanded, absolute after expansion."""
         if key not in self.data and default is not MISSING:
             return Path(default)
-        value = self.str(key)
+        value = self.text(key)
         try:
             return _expand_path(value, self.source.environ)
         except ValueError as exc:
-            raise self.error(key, builtins.str(exc)) from None
+            raise self.error(key, str(exc)) from None
 
-    def section(self, key: builtins.str) -> Section:
+    def section(self, key: str) -> Section:
         """The sub-table ``key``; an absent one is empty, so its getters use their defaults."""
         value = self.data.get(key, {})
-        if not isinstance(value, builtins.dict):
+        if not isinstance(value, dict):
             raise self.error(key, f"must be a table (got {_kind(value)})")
         return Section((*self.path, key), value, self.source)
 
-    def sections(self) -> builtins.dict[builtins.str, Section]:
+    def sections(self) -> dict[str, Section]:
         """Every sub-table, in file order (e.g. all ``[providers.*]``)."""
-        return {
-            k: Section((*self.path, k), v, self.source) for k, v in self.data.items() if isinstance(v, builtins.dict)
-        }
+        return {k: Section((*self.path, k), v, self.source) for k, v in self.data.items() if isinstance(v, dict)}
 
-    def check_keys(self, allowed: Iterable[builtins.str]) -> None:
+    def check_keys(self, allowed: Iterable[str]) -> None:
         """Refuse keys this table does not know, suggesting the closest known one."""
-        known = builtins.list(allowed)
+        known = list(allowed)
         for key in self.data:
             if key not in known:
                 import difflib
@@ -651,14 +646,14 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         state_dir=_env_path(env, "BROKER_STATE_DIR") or state_dir,
         store_backend=backend,
         log_level=daemon.choice("log_level", LOG_LEVELS, "info"),
-        refresh_margin=tables["refresh"].float("margin", DEFAULT_REFRESH_MARGIN, min=0),
+        refresh_margin=tables["refresh"].number("margin", DEFAULT_REFRESH_MARGIN, min=0),
         root=root,
         providers=providers,
-        proxy_port=tables["proxy"].int("port", min=0, max=65535) if "port" in tables["proxy"] else None,
+        proxy_port=tables["proxy"].integer("port", min=0, max=65535) if "port" in tables["proxy"] else None,
         proxy_host=tables["proxy"].choice("host", PROXY_HOSTS, "127.0.0.1"),
-        proxy_header_timeout=tables["proxy"].float("header_timeout", DEFAULT_HEADER_TIMEOUT, min=0.1, max=600),
+        proxy_header_timeout=tables["proxy"].number("header_timeout", DEFAULT_HEADER_TIMEOUT, min=0.1, max=600),
         proxy_extra_addresses=_extra_addresses(tables["proxy"]),
-        http_timeout=tables["http"].float("timeout", DEFAULT_HTTP_TIMEOUT, min=0.1, max=600),
+        http_timeout=tables["http"].number("timeout", DEFAULT_HTTP_TIMEOUT, min=0.1, max=600),
     )
 
 
@@ -667,7 +662,7 @@ def _extra_addresses(proxy: Section) -> tuple[tuple[str, int | None], ...]:
     import ipaddress
 
     addresses: list[tuple[str, int | None]] = []
-    for entry in proxy.str_list("extra_addresses"):
+    for entry in proxy.text_list("extra_addresses"):
         host, port = entry, ""
         if entry.startswith("[") and "]" in entry:
             host, _, rest = entry[1:].partition("]")
