@@ -1,6 +1,6 @@
 """A child process the daemon starts runs broker's own code, whatever directory the daemon runs in.
 
-The refresh helper (``broker.redeem``) gets the refresh token and the journal key on
+The refresh helper (``broker.daemon.redeem``) gets the refresh token and the journal key on
 stdin. A ``broker/`` package planted in the daemon's working directory (a shared ``/tmp``,
 another user's checkout) must never be the code that receives them.
 """
@@ -25,9 +25,10 @@ pathlib.Path({marker!r}).write_text(sys.stdin.read())
 
 
 def plant(directory: Path, marker: Path) -> None:
-    """A ``broker`` package whose ``redeem`` module records what it was handed."""
-    package = directory / "broker"
+    """A ``broker`` package whose ``daemon.redeem`` module records what it was handed."""
+    package = directory / "broker" / "daemon"
     package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
     (package / "redeem.py").write_text(PLANTED.format(marker=str(marker)))
 
@@ -59,4 +60,4 @@ def test_a_broker_package_in_the_daemons_directory_never_receives_a_refresh(
     after = daemon.cli("token", "acme").stdout.strip()
     assert after != before and oauth.valid_access_token(after)
     assert oauth.grant_counts["refresh_token"] == 1
-    assert not marker.exists(), "the planted broker/redeem.py ran"
+    assert not marker.exists(), "the planted broker/daemon/redeem.py ran"
