@@ -21,7 +21,7 @@ from typing import Any
 from broker import __version__
 from broker.cli.service_units import SERVICE_UNIT, SOCKET_UNIT, detect, render_service, user_unit_dir
 from broker.client import Client
-from broker.core import locations
+from broker.core import locations, paths
 from broker.core.config import Settings, load_settings
 from broker.core.errors import BrokerError, ConfigError, DaemonUnavailable
 from broker.followed.files import FollowedFiles
@@ -87,7 +87,7 @@ def _config(context: Context) -> Check:
     path = context.settings.config_path
     count = len(list(context.registry))
     if path is None:
-        return ok("config", f"no file ({locations.config_path(env)[0]}): defaults, {count} providers")
+        return ok("config", f"no file ({paths.config_path(env)[0]}): defaults, {count} providers")
     return ok("config", f"{path}: {count} providers")
 
 
@@ -96,7 +96,7 @@ def _socket_anyway(env: Mapping[str, str]) -> str:
     try:
         return locations.socket_path(env)
     except ConfigError:
-        return locations.default_socket_path(env)
+        return paths.default_socket_path(env)
 
 
 def _socket(context: Context) -> Iterator[Check]:
@@ -142,7 +142,7 @@ def _socket(context: Context) -> Iterator[Check]:
 
 def _config_file(context: Context) -> Path:
     assert context.settings is not None
-    return context.settings.config_path or Path(locations.config_path(context.env)[0])
+    return context.settings.config_path or Path(paths.config_path(context.env)[0])
 
 
 def _permissions(context: Context) -> Iterator[Check]:

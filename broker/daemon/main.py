@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from broker.core import locations
+from broker.core import paths
 from broker.core.clock import Clock, SystemClock
 from broker.core.config import Settings, load_settings
 from broker.core.errors import BrokerError, ConfigError, StoreError
@@ -107,7 +107,7 @@ class Daemon:
     @property
     def config_file(self) -> Path:
         """The file the config comes from, whether it exists yet or not."""
-        return Path(locations.config_path(self.env)[0])
+        return Path(paths.config_path(self.env)[0])
 
     async def start(self, sock: socket.socket | None = None) -> None:
         try:
