@@ -12,6 +12,7 @@ from typing import Any, Literal
 import aiohttp
 from broker.flows.http import DEFAULT_TIMEOUT, HttpClient
 from broker.flows.pkce import PkceLogin
+from broker.flows.token import TokenSet
 from broker.providers.wire import Wire
 
 from broker.core import login_options
@@ -167,6 +168,10 @@ class Provider(abc.ABC):
     def can_refresh(self, credential: Credential) -> bool:
         return False
 
+    def credential_from(self, account: str, tokens: TokenSet, *, source: str = "login", **fields: Any) -> Credential:
+        """A credential at this provider's API made of a token answer; ``fields`` set the rest (base URL, extra)."""
+        return renewed(Credential(self.name, account, access_token="", api=self.api, source=source), tokens, **fields)
+
     def keyless_credential(self) -> Credential:
         """What a provider with ``needs_credential = False`` serves: no key, its base URL."""
         return Credential(
@@ -203,3 +208,19 @@ class Provider(abc.ABC):
             "takes_enterprise_url": self.takes_enterprise_url,
             **(self.wire.describe() if self.wire else {}),
         }
+
+
+def renewed(credential: Credential, tokens: TokenSet, **fields: Any) -> Credential:
+    """``credential`` with a token answer's tokens and expiry; a refresh token the answer omits stays.
+
+    ``fields`` win over what the answer says (an expiry read elsewhere, the provider's extra).
+    The token type is case-insensitive (RFC 6749 §5.1): GitHub's ``bearer`` is served as ``Bearer``.
+    """
+    answer = {
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token or credential.refresh_token,
+        "expires_at": tokens.expires_at,
+        "issued_at": tokens.issued_at,
+        "token_type": "Bearer" if tokens.token_type.lower() == "bearer" else tokens.token_type,
+    }
+    return credential.replace(**{**answer, **fields})

@@ -23,7 +23,7 @@ from typing import Any
 
 from broker.flows import refresh
 from broker.flows.token import OAuthClient
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
 from broker.providers.endpoints import endpoints_from
 from broker.providers.wire import Wire
 
@@ -113,12 +113,7 @@ class ClaudeProvider(Provider):
             now=ctx.now(),
             scopes=scopes,
         )
-        return credential.replace(
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
-            expires_at=tokens.expires_at,
-            issued_at=tokens.issued_at,
-        )
+        return renewed(credential, tokens)
 
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.refresh_token)

@@ -268,17 +268,12 @@ class CodexProvider(Provider):
         id_token = tokens.id_token or old.get("id_token")
         account_id = _account_id(id_token) or _account_id(tokens.access_token) or old.get("account_id")
         extra = {"id_token": id_token, "account_id": account_id}
-        return Credential(
-            provider=self.name,
-            account=account,
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
-            expires_at=tokens.expires_at or _jwt_expiry(tokens.access_token),
-            issued_at=tokens.issued_at,
-            token_type=tokens.token_type,
-            api=self.api,
-            headers={ACCOUNT_HEADER: account_id} if account_id else {},
+        return self.credential_from(
+            account,
+            tokens,
             source=source,
+            expires_at=tokens.expires_at or _jwt_expiry(tokens.access_token),
+            headers={ACCOUNT_HEADER: account_id} if account_id else {},
             extra={k: v for k, v in extra.items() if v},
         )
 

@@ -171,16 +171,7 @@ class CopilotProvider(Provider):
             "client_id": self.client_id,
         }
         if not self.exchange:
-            return Credential(
-                provider=self.name,
-                account=account,
-                access_token=tokens.access_token,
-                expires_at=tokens.expires_at,
-                issued_at=tokens.issued_at,
-                base_url=self.fallback_base_url(host),
-                api=self.api,
-                extra=extra,
-            )
+            return self.credential_from(account, tokens, base_url=self.fallback_base_url(host), extra=extra)
         github = Credential(
             provider=self.name,
             account=account,

@@ -256,18 +256,12 @@ class CustomOAuthProvider(Provider):
         return {**super().describe(), "issuer": self.issuer, "client_id": self.client.client_id}
 
     def _credential(self, account: str, tokens: TokenSet, *, source: str) -> Credential:
-        return Credential(
-            provider=self.name,
-            account=account,
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
-            expires_at=tokens.expires_at,
-            issued_at=tokens.issued_at,
-            token_type=tokens.token_type,
-            base_url=self.base_url,
-            api=self.api,
-            headers=dict(self.headers),
+        return self.credential_from(
+            account,
+            tokens,
             source=source,
+            base_url=self.base_url,
+            headers=dict(self.headers),
             extra={"scope": tokens.scope} if tokens.scope else {},
         )
 

@@ -23,7 +23,7 @@ from typing import Any
 from broker.flows import refresh
 from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
 from broker.providers.endpoints import endpoints_from
 from broker.providers.wire import Wire
 
@@ -119,14 +119,7 @@ class GeminiProvider(Provider):
             extra["id_token"] = tokens.id_token
         if tokens.scope:
             extra["scope"] = tokens.scope
-        return credential.replace(
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,  # Google's answer has none: flows.refresh kept the old one
-            expires_at=tokens.expires_at,
-            issued_at=tokens.issued_at,
-            token_type=tokens.token_type,
-            extra=extra,
-        )
+        return renewed(credential, tokens, extra=extra)  # Google's answer has no refresh token: the old one stays
 
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.refresh_token)

@@ -218,17 +218,11 @@ class QwenProvider(Provider):
         resource_url = tokens.raw.get("resource_url")
         if not isinstance(resource_url, str) or not resource_url.strip():
             resource_url = previous.extra.get("resource_url") if previous else None
-        return Credential(
-            provider=self.name,
-            account=account,
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
-            expires_at=tokens.expires_at,
-            issued_at=tokens.issued_at,
-            token_type=tokens.token_type,
-            base_url=base_url_for(resource_url),
-            api=self.api,
+        return self.credential_from(
+            account,
+            tokens,
             source=source,
+            base_url=base_url_for(resource_url),
             extra={"resource_url": resource_url} if resource_url else {},
         )
 

@@ -20,7 +20,7 @@ from broker.flows import refresh
 from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient, TokenSet, request_token
 from broker.providers import google_jwt
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
 from broker.providers.endpoints import endpoints_from
 from broker.providers.upstream_errors import to_broker_error
 
@@ -103,12 +103,7 @@ class VertexProvider(Provider):
             tokens = await self._mint(ctx, credential, endpoint, now)
         except OAuthError as exc:
             raise _refusal(exc, self.name, credential) from None
-        return credential.replace(
-            access_token=tokens.access_token,
-            expires_at=tokens.expires_at or now + TOKEN_LIFETIME,
-            issued_at=now,
-            token_type=tokens.token_type,
-        )
+        return renewed(credential, tokens, expires_at=tokens.expires_at or now + TOKEN_LIFETIME)
 
     def can_refresh(self, credential: Credential) -> bool:
         return credential.extra.get("type") in SUPPORTED
