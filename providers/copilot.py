@@ -18,7 +18,7 @@ the editor's identity on both, as copilot-api (``src/lib/api-config.ts``) sends 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,15 @@ class CopilotProvider(Provider):
     wire: Wire
     configured_base_url: str | None = None
     proxy: str | None = None
+    base_url: str | None = field(init=False)
+    """The chat API of the configured host, when a Copilot token names none."""
     api: str = API
     flows: tuple[str, ...] = ("device",)
     takes_enterprise_url: bool = True
     description: str = "GitHub Copilot: GitHub device login, then Copilot's short-lived token"
 
-    @property
-    def base_url(self) -> str | None:  # type: ignore[override]
-        return self.fallback_base_url(self.host)
+    def __post_init__(self) -> None:
+        self.base_url = self.fallback_base_url(self.host)
 
     @property
     def client_id(self) -> str:

@@ -97,10 +97,11 @@ class CustomOAuthProvider(Provider):
     authorize_params: dict[str, str] = field(default_factory=dict)
     """Extra authorization request parameters; an empty value drops a default (``prompt``)."""
     _discovered: tuple[Endpoints, ServerFacts] | None = None
+    flows: tuple[str, ...] = field(init=False)
+    """The one ``flow`` the config picks."""
 
-    @property
-    def flows(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.flow,)
+    def __post_init__(self) -> None:
+        self.flows = (self.flow,)
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> CustomOAuthProvider:

@@ -111,17 +111,17 @@ class GitLabProvider(Provider):
     secret_prompt: str | None = "GitLab personal access token"
     secret_env: str | None = "GITLAB_TOKEN"
 
+    api: str = field(init=False)
+    base_url: str | None = field(init=False)
+    """Both are the route's that ``serve`` picks."""
+
+    def __post_init__(self) -> None:
+        self.api = self.route.api
+        self.base_url = self.route_base(self.route, self.instance)
+
     @property
     def route(self) -> Route:
         return ROUTES[self.serve]
-
-    @property
-    def api(self) -> str:  # type: ignore[override]
-        return self.route.api
-
-    @property
-    def base_url(self) -> str | None:  # type: ignore[override]
-        return self.route_base(self.route, self.instance)
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> GitLabProvider:
