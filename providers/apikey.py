@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.providers.base import LoginContext, LoginRequest, Provider
+from broker.providers.table import Table
 
 from broker.core.config import Section
 from broker.core.errors import BadRequest
@@ -32,9 +33,9 @@ AZURE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
 """Resource and deployment names as Azure allows them: they go into a URL."""
 KEY_CHARS = re.compile(r"[\x21-\x7e]+")
 """Printable ASCII without spaces: anything else cannot travel in an HTTP header."""
-BUILTIN_KEYS = ("base_url", "headers", "query", "proxy", "description")
-AZURE_KEYS = (*BUILTIN_KEYS, "resource", "deployment", "api_version")
-CUSTOM_KEYS = ("type", "base_url", "api", "auth_header", "headers", "query", "proxy", "description")
+AZURE_KEYS = ("resource", "deployment", "api_version")
+CUSTOM_KEYS = ("type", "api", "auth_header")
+"""Keys of Azure's and of a ``type = "apikey"`` table, beside those every API-key provider takes (``_table``)."""
 
 
 @dataclass(frozen=True)
@@ -107,48 +108,44 @@ class ApiKeyProvider(Provider):
         """A built-in row of the table, with the overrides of its ``[providers.NAME]`` table."""
         if service.name == "azure":
             return cls._azure(service, section)
-        section.check_keys(BUILTIN_KEYS)
-        return cls._from(service, section, service.base_url)
+        return cls._from(service, section, _table(service.title, service.base_url).read(section))
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> ApiKeyProvider:
         """A ``type = "apikey"`` entry: any OpenAI- or Anthropic-compatible endpoint with a key."""
-        section.check_keys(CUSTOM_KEYS)
+        title = f"API-key endpoint {name} from config"
+        shared = _table(title, own=CUSTOM_KEYS).read(section)
         service = Service(
             name=name,
-            title=f"API-key endpoint {name} from config",
+            title=title,
             owner=name,
-            base_url=section.url("base_url"),
+            base_url=section.url("base_url"),  # required here
             api=section.choice("api", APIS, "openai-chat"),
             auth=section.choice("auth_header", AUTH_HEADERS, "bearer"),
         )
-        return cls._from(service, section, service.base_url)
+        return cls._from(service, section, shared)
 
     @classmethod
     def _azure(cls, service: Service, section: Section) -> ApiKeyProvider:
         """Azure OpenAI: ``https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT``."""
-        section.check_keys(AZURE_KEYS)
+        shared = _table(service.title, own=AZURE_KEYS).read(section)
         resource, deployment = _azure_name(section, "resource"), _azure_name(section, "deployment")
-        base_url = section.url("base_url", None)
-        if base_url is None and resource and deployment:
-            base_url = f"https://{resource}.openai.azure.com/openai/deployments/{deployment}"
-        provider = cls._from(service, section, base_url)
+        if shared["base_url"] is None and resource and deployment:
+            shared["base_url"] = f"https://{resource}.openai.azure.com/openai/deployments/{deployment}"
+        provider = cls._from(service, section, shared)
         provider.query = {"api-version": section.text("api_version", AZURE_API_VERSION), **provider.query}
-        if base_url is None:
+        if provider.base_url is None:
             provider.setup_hint = "set resource and deployment (or base_url) under [providers.azure] in the config"
         return provider
 
     @classmethod
-    def _from(cls, service: Service, section: Section, base_url: str | None) -> ApiKeyProvider:
+    def _from(cls, service: Service, section: Section, shared: dict[str, Any]) -> ApiKeyProvider:
         return cls(
             name=service.name,
+            **shared,
             api=service.api,
-            base_url=section.url("base_url", base_url),
             auth=service.auth,
-            description=section.text("description", service.title),
-            headers=section.text_table("headers"),
             query=section.text_table("query"),
-            proxy=section.optional_text("proxy"),
             secret_prompt=service.key_name,
         )
 
@@ -195,6 +192,11 @@ class ApiKeyProvider(Provider):
         if self.setup_hint:
             described["setup"] = self.setup_hint
         return described
+
+
+def _table(title: str, base_url: str | None = None, own: tuple[str, ...] = ()) -> Table:
+    """What an API-key provider's table takes: its description defaults to the service's title."""
+    return Table(base_url=base_url, description=title, headers=True, own=("query", *own))
 
 
 def _azure_name(section: Section, key: str) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 from broker.flows import refresh
 from broker.flows.token import OAuthClient
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
-from broker.providers.endpoints import endpoints_from
+from broker.providers.table import Table
 from broker.providers.wire import Wire
 
 from broker.core.config import Section
@@ -59,7 +59,7 @@ WIRE = Wire(
 )
 FILE_ACCOUNT = "claude-code"
 OAUTH_KEY = "claudeAiOauth"
-CONFIG_KEYS = ("endpoints", "base_url", "proxy", *WIRE.keys)
+TABLE = Table(base_url=BASE_URL, endpoints=ENDPOINTS, wire=WIRE)
 LOGIN_HINT = "run: claude, then /login"
 REFRESH_LOCK = ".oauth_refresh.lock"
 REFRESH_LOCK_STALE = 60.0
@@ -85,14 +85,7 @@ class ClaudeProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> ClaudeProvider:
-        section.check_keys(CONFIG_KEYS)
-        return cls(
-            name=name,
-            base_url=section.url("base_url", BASE_URL),
-            endpoints=endpoints_from(section, ENDPOINTS),
-            wire=WIRE.configured(section),
-            proxy=section.optional_text("proxy"),
-        )
+        return cls(name=name, **TABLE.read(section))
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         raise BadRequest(

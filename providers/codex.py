@@ -28,8 +28,8 @@ from broker.flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
 from broker.flows.token import OAuthClient, TokenSet
 from broker.providers import codex_device
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from broker.providers.endpoints import endpoints_from
 from broker.providers.jwt_claims import account_name, claims
+from broker.providers.table import Table
 from broker.providers.upstream_errors import DEAD_GRANT
 from broker.providers.wire import Wire
 
@@ -85,7 +85,13 @@ ACCOUNT_HEADER = "ChatGPT-Account-ID"
 DEAD_REFRESH_CODES = frozenset({"refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated"})
 """OpenAI's codes for a refresh token that will never work again, compared without case; any 401 is
 dead too (``manager.rs``, ``classify_refresh_token_failure``)."""
-CONFIG_KEYS = ("endpoints", "redirect_port", "fallback_redirect_port", "base_url", "proxy", "description", *WIRE.keys)
+TABLE = Table(
+    base_url=BASE_URL,
+    description=DESCRIPTION,
+    endpoints=ENDPOINTS,
+    wire=WIRE,
+    own=("redirect_port", "fallback_redirect_port"),
+)
 
 
 @dataclass
@@ -102,18 +108,10 @@ class CodexProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> CodexProvider:
-        section.check_keys(CONFIG_KEYS)
+        shared = TABLE.read(section)
         first = section.integer("redirect_port", REDIRECT_PORT, min=1, max=65535)
         second = section.integer("fallback_redirect_port", FALLBACK_REDIRECT_PORT, min=1, max=65535)
-        return cls(
-            name=name,
-            base_url=section.url("base_url", BASE_URL),
-            endpoints=endpoints_from(section, ENDPOINTS),
-            wire=WIRE.configured(section),
-            redirect_ports=(first,) if first == second else (first, second),
-            proxy=section.optional_text("proxy"),
-            description=section.text("description", DESCRIPTION),
-        )
+        return cls(name=name, **shared, redirect_ports=(first,) if first == second else (first, second))
 
     @property
     def client_id(self) -> str:

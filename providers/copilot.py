@@ -29,8 +29,8 @@ from broker.flows.http import HttpClient, HttpResponse
 from broker.flows.token import OAuthClient
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from broker.providers.custom import verify_event
-from broker.providers.endpoints import overrides as endpoint_overrides
 from broker.providers.github_hosts import GitHubHost
+from broker.providers.table import Table
 from broker.providers.wire import Wire
 
 from broker.core.config import Section
@@ -69,7 +69,7 @@ MODELS = {
     True: "copilot-token-exchange",
     False: "github-token",
 }
-KEYS = ("exchange", "enterprise_url", "base_url", "proxy", "endpoints", *WIRE.keys)
+TABLE = Table(forced_base_url=True, endpoint_keys=ENDPOINT_KEYS, wire=WIRE, own=("exchange", "enterprise_url"))
 SUBSCRIPTION_PAGE = "https://github.com/settings/copilot"
 NOT_MINTED = 0.0
 """The expiry of a credential fresh from an editor's file: no Copilot token yet, so the refresher mints at once."""
@@ -81,10 +81,10 @@ MINT_LEAD = 60.0
 class CopilotProvider(Provider):
     name: str
     host: GitHubHost
-    overrides: dict[str, str]
+    endpoint_overrides: dict[str, str]
     exchange: bool
     wire: Wire
-    configured_base_url: str | None = None
+    forced_base_url: str | None = None
     proxy: str | None = None
     base_url: str | None = field(init=False)
     """The chat API of the configured host, when a Copilot token names none."""
@@ -102,7 +102,7 @@ class CopilotProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> CopilotProvider:
-        section.check_keys(KEYS)
+        shared = TABLE.read(section)
         exchange = section.flag("exchange", True)
         if not exchange and "client_id" not in section:
             raise section.error(
@@ -113,21 +113,13 @@ class CopilotProvider(Provider):
             host = GitHubHost.parse(enterprise_url)
         except ValueError as exc:
             raise section.error("enterprise_url", str(exc)) from None
-        return cls(
-            name=name,
-            host=host,
-            overrides=endpoint_overrides(section, ENDPOINT_KEYS),
-            exchange=exchange,
-            wire=WIRE.configured(section),
-            configured_base_url=section.url("base_url", None),
-            proxy=section.optional_text("proxy"),
-        )
+        return cls(name=name, **shared, host=host, exchange=exchange)
 
     # --- data derived from the host ------------------------------------------------------
 
     def endpoints(self, host: GitHubHost) -> dict[str, str]:
         """The effective endpoints for a host: config overrides first, then the host's."""
-        given = self.overrides
+        given = self.endpoint_overrides
         api = given.get("api", host.api).rstrip("/")
         return {
             "device_code": given.get("device_code", host.device_code),
@@ -138,7 +130,7 @@ class CopilotProvider(Provider):
 
     def fallback_base_url(self, host: GitHubHost) -> str:
         """The chat API when the Copilot token names none, and the base of model B."""
-        return self.configured_base_url or host.copilot_api
+        return self.forced_base_url or host.copilot_api
 
     def _host_of(self, enterprise_url: str | None) -> GitHubHost:
         try:

@@ -24,6 +24,7 @@ from broker.flows.pkce import OFFLINE_ACCESS, PkceClient, PkceLogin, with_offlin
 from broker.flows.token import OAuthClient, TokenSet
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from broker.providers.jwt_claims import account_name
+from broker.providers.table import Table
 
 from broker.core.config import Section
 from broker.core.errors import BadRequest, LoginFailed
@@ -31,25 +32,26 @@ from broker.core.model import Credential
 
 FLOWS = ("device", "pkce")
 DISCOVERY_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
-KEYS = (
-    "type",
-    "flow",
-    "issuer",
-    "client_id",
-    "client_secret",
-    "scopes",
-    "device_authorization_endpoint",
-    "authorization_endpoint",
-    "token_endpoint",
-    "userinfo_endpoint",
-    "redirect_port",
-    "redirect_path",
-    "authorize_params",
-    "base_url",
-    "api",
-    "headers",
-    "proxy",
-    "description",
+TABLE = Table(
+    base_url=None,
+    description="OAuth 2.0 server from config",
+    headers=True,
+    own=(
+        "type",
+        "flow",
+        "issuer",
+        "client_id",
+        "client_secret",
+        "scopes",
+        "device_authorization_endpoint",
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "redirect_port",
+        "redirect_path",
+        "authorize_params",
+        "api",
+    ),
 )
 
 
@@ -105,7 +107,7 @@ class CustomOAuthProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> CustomOAuthProvider:
-        section.check_keys(KEYS)
+        shared = TABLE.read(section)
         issuer = section.url("issuer", None)
         configured = Endpoints(
             device_authorization_endpoint=section.url("device_authorization_endpoint", None),
@@ -122,8 +124,8 @@ class CustomOAuthProvider(Provider):
             raise section.section("authorize_params").error(name, f"cannot be set here ({hint})")
         return cls(
             name=name,
+            **shared,
             api=section.text("api", "openai-chat"),
-            base_url=section.url("base_url", None),
             flow=flow,
             client=OAuthClient(
                 client_id=section.text("client_id"),
@@ -134,9 +136,6 @@ class CustomOAuthProvider(Provider):
             configured=configured,
             redirect_port=section.integer("redirect_port", 0, min=0, max=65535),
             redirect_path=section.text("redirect_path", "/callback"),
-            proxy=section.optional_text("proxy"),
-            headers=section.text_table("headers"),
-            description=section.text("description", "OAuth 2.0 server from config"),
             authorize_params=authorize_params,
         )
 

@@ -24,7 +24,7 @@ from broker.flows import refresh
 from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
-from broker.providers.endpoints import endpoints_from
+from broker.providers.table import Table
 from broker.providers.wire import Wire
 
 from broker.core.config import Section
@@ -48,7 +48,7 @@ WIRE = Wire(
     token_headers={"User-Agent": "google-api-nodejs-client/{google_auth_library}"},
     versions={"google_auth_library": "10.9.0"},
 )
-CONFIG_KEYS = ("endpoints", "client_secret", "base_url", "proxy", *WIRE.keys)
+TABLE = Table(base_url=BASE_URL, endpoints=ENDPOINTS, wire=WIRE, own=("client_secret",))
 LOGIN_HINT = "run: gemini, then choose Login with Google"
 NOTE = (
     "Google allows this login only in Gemini CLI: broker keeps it fresh for Gemini CLI and the proxy does not "
@@ -74,15 +74,7 @@ class GeminiProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> GeminiProvider:
-        section.check_keys(CONFIG_KEYS)
-        return cls(
-            name=name,
-            base_url=section.url("base_url", BASE_URL),
-            endpoints=endpoints_from(section, ENDPOINTS),
-            wire=WIRE.configured(section),
-            client_secret=section.text("client_secret", CLIENT_SECRET),
-            proxy=section.optional_text("proxy"),
-        )
+        return cls(name=name, **TABLE.read(section), client_secret=section.text("client_secret", CLIENT_SECRET))
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         raise BadRequest(

@@ -26,7 +26,7 @@ from broker.flows import pat
 from broker.flows.errors import FlowError, OAuthError, TransportError
 from broker.flows.http import HttpResponse
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
-from broker.providers.endpoints import overrides as endpoint_overrides
+from broker.providers.table import Table
 from broker.providers.wire import Wire
 
 from broker.core.config import Section
@@ -53,7 +53,7 @@ WIRE = Wire(
 server) was not checked, so that route sends and serves what GitLab's answer gives."""
 FEATURE_FLAGS = {"DuoAgentPlatformNext": True}
 """``gitlab-provider.ts`` ``createAgenticChatModel``: the agents exchange's body."""
-KEYS = ("enterprise_url", "serve", "gateway_url", "proxy", "endpoints", "feature_flags", *WIRE.keys)
+TABLE = Table(endpoint_keys=ENDPOINT_KEYS, wire=WIRE, own=("enterprise_url", "serve", "gateway_url", "feature_flags"))
 AGENTS_TOKEN_LIFETIME = 25 * 60.0
 """When the agents answer has no ``expires_at``: third-party clients keep it 25 minutes."""
 MIN_EXCHANGE_GAP = 60.0
@@ -99,7 +99,7 @@ ROUTES = {
 class GitLabProvider(Provider):
     name: str
     instance: str
-    overrides: dict[str, str]
+    endpoint_overrides: dict[str, str]
     serve: str = "code_suggestions"
     gateway_url: str = GATEWAY
     proxy: str | None = None
@@ -125,19 +125,17 @@ class GitLabProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> GitLabProvider:
-        section.check_keys(KEYS)
-        overrides = endpoint_overrides(section, ENDPOINT_KEYS)
+        shared = TABLE.read(section)
+        overrides = shared["endpoint_overrides"]
         enterprise_url = section.url("enterprise_url", None)
         if enterprise_url and "instance" in overrides and enterprise_url != overrides["instance"]:
             raise section.error("enterprise_url", "names another instance than endpoints.instance: keep one")
         return cls(
             name=name,
+            **shared,
             instance=(overrides.get("instance") or enterprise_url or INSTANCE).rstrip("/"),
-            overrides=overrides,
             serve=section.choice("serve", tuple(ROUTES), "code_suggestions"),
             gateway_url=section.url("gateway_url", GATEWAY).rstrip("/"),
-            proxy=section.optional_text("proxy"),
-            wire=WIRE.configured(section),
             feature_flags={**FEATURE_FLAGS, **_flags(section)},
         )
 
@@ -147,7 +145,7 @@ class GitLabProvider(Provider):
         """Effective endpoints for an instance: config overrides first, then the instance's."""
         found = {"instance": instance}
         for key, path in ENDPOINT_PATHS.items():
-            found[key] = self.overrides.get(key, instance + path)
+            found[key] = self.endpoint_overrides.get(key, instance + path)
         return found
 
     def route_base(self, route: Route, instance: str) -> str | None:

@@ -13,13 +13,13 @@ from typing import Any
 
 import aiohttp
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.table import Table
 
 from broker.core.config import Section
 from broker.core.errors import BadRequest
 from broker.core.model import Credential
 
 PROBE_TIMEOUT = 1.0
-KEYS = ("base_url", "headers", "description")
 SERVERS = {
     "ollama": ("Ollama (local, no auth)", "http://localhost:11434/v1"),
     "vllm": ("vLLM (local, no auth)", "http://localhost:8000/v1"),
@@ -41,14 +41,10 @@ class LocalProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> LocalProvider:
-        section.check_keys(KEYS)
         description, base_url = SERVERS[name]
-        return cls(
-            name=name,
-            base_url=section.url("base_url", base_url).rstrip("/"),
-            description=section.text("description", description),
-            headers=section.text_table("headers"),
-        )
+        shared = Table(base_url=base_url, description=description, headers=True, proxy=False).read(section)
+        shared["base_url"] = shared["base_url"].rstrip("/")  # probed as {base_url}/models
+        return cls(name=name, **shared)
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         raise BadRequest(

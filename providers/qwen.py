@@ -24,8 +24,8 @@ from broker.flows.errors import OAuthError, TransportError
 from broker.flows.token import OAuthClient, TokenSet
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
 from broker.providers.custom import verify_event
-from broker.providers.endpoints import endpoints_from
 from broker.providers.jwt_claims import account_name, claims
+from broker.providers.table import Table
 from broker.providers.upstream_errors import to_broker_error
 from broker.providers.wire import Wire
 
@@ -80,7 +80,7 @@ WAF_NOTE = (
     "chat.qwen.ai sits behind a firewall that answers some clients with a web page instead of JSON; "
     "try again later or through another network ([providers.qwen] proxy)"
 )
-CONFIG_KEYS = ("endpoints", "base_url", "proxy", "description", "poll_interval", *WIRE.keys)
+TABLE = Table(forced_base_url=True, description=DESCRIPTION, endpoints=ENDPOINTS, wire=WIRE, own=("poll_interval",))
 
 
 @dataclass
@@ -100,15 +100,10 @@ class QwenProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> QwenProvider:
-        section.check_keys(CONFIG_KEYS)
         return cls(
             name=name,
-            endpoints=endpoints_from(section, ENDPOINTS),
-            wire=WIRE.configured(section),
-            forced_base_url=section.url("base_url", None),
+            **TABLE.read(section),
             poll=dataclasses.replace(POLL, interval=section.number("poll_interval", POLL.interval or 2.0, min=0.01)),
-            proxy=section.optional_text("proxy"),
-            description=section.text("description", DESCRIPTION),
         )
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +21,7 @@ from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient, TokenSet, request_token
 from broker.providers import google_jwt
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
-from broker.providers.endpoints import endpoints_from
+from broker.providers.table import Table
 from broker.providers.upstream_errors import to_broker_error
 
 from broker.core.config import Section
@@ -42,7 +42,7 @@ ADC_NAME = "application_default_credentials.json"
 FILE_ACCOUNT = "adc"
 TOKEN_LIFETIME = 3600
 SUPPORTED = ("authorized_user", "service_account")
-CONFIG_KEYS = ("endpoints", "region", "project", "publisher", "base_url", "proxy")
+TABLE = Table(forced_base_url=True, endpoint_keys=tuple(ENDPOINTS), own=("region", "project", "publisher"))
 LOGIN_HINT = "run: gcloud auth application-default login"
 NOT_MINTED = 0.0
 """The expiry of a credential fresh from the file: no access token yet, so the refresher mints at once."""
@@ -59,7 +59,7 @@ class VertexProvider(Provider):
     flows: tuple[str, ...] = ("file",)
     cli_login: str | None = LOGIN_HINT
     description: str = DESCRIPTION
-    token_override: str | None = None
+    endpoint_overrides: dict[str, str] = field(default_factory=dict)
     """``[providers.vertex.endpoints] token``: wins over the file's ``token_uri``."""
     region: str = REGION
     project: str | None = None
@@ -69,24 +69,20 @@ class VertexProvider(Provider):
 
     @classmethod
     def from_config(cls, name: str, section: Section) -> VertexProvider:
-        section.check_keys(CONFIG_KEYS)
+        shared = TABLE.read(section)
         region = _checked(section, "region", section.text("region", REGION), _NAME_PART)
         publisher = _checked(section, "publisher", section.text("publisher", PUBLISHER), _NAME_PART)
         project = section.optional_text("project")
         if project is not None:
             project = _checked(section, "project", project, _PROJECT)
-        forced = section.url("base_url", None)
-        endpoints = endpoints_from(section, ENDPOINTS)
         return cls(
             name=name,
+            **shared,
             api=API if publisher == PUBLISHER else OTHER_PUBLISHER_API,
-            base_url=forced or (base_url_of(region, project, publisher) if project else None),
-            token_override=endpoints["token"] if "token" in section.section("endpoints") else None,
+            base_url=shared["forced_base_url"] or (base_url_of(region, project, publisher) if project else None),
             region=region,
             project=project,
             publisher=publisher,
-            forced_base_url=forced,
-            proxy=section.optional_text("proxy"),
         )
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
@@ -98,7 +94,7 @@ class VertexProvider(Provider):
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         """Mint a new access token from what the file holds; the file itself is never touched."""
         now = ctx.now()
-        endpoint = self.token_override or credential.extra.get("token_uri") or ENDPOINTS["token"]
+        endpoint = self.endpoint_overrides.get("token") or credential.extra.get("token_uri") or ENDPOINTS["token"]
         try:
             tokens = await self._mint(ctx, credential, endpoint, now)
         except OAuthError as exc:
@@ -138,7 +134,7 @@ class VertexProvider(Provider):
         return {
             **super().describe(),
             "base_url": self.base_url or template,
-            "endpoints": {"token": self.token_override or ENDPOINTS["token"]},
+            "endpoints": {**ENDPOINTS, **self.endpoint_overrides},
             "region": self.region,
             "project": self.project,
             "publisher": self.publisher,
