@@ -18,7 +18,6 @@ from broker.providers.wire import Wire
 from broker.core import login_options
 from broker.core.errors import BadRequest
 from broker.core.model import Credential
-from broker.followed.format import FollowedFile
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 """Sends one login event (``verify``, ``open``, ...) to whoever started the login."""
@@ -157,10 +156,6 @@ class Provider(abc.ABC):
             f"{self.name} does not take {refused}",
             f"{self.name} takes: {', '.join(takes)}" if takes else self.login_hint(),
         )
-
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        """The CLI files this provider can follow, at their effective paths; none by default."""
-        return ()
 
     @abc.abstractmethod
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:

@@ -2,12 +2,9 @@
 
 Anthropic allows subscription (OAuth) tokens only inside Claude Code, so broker does
 not log in to Claude itself and its proxy does not serve it. What broker adds is one
-refresher for ``~/.claude/.credentials.json`` instead of one per running Claude Code:
-its refresh tokens rotate, and Claude Code instances that refresh the same copy log
-each other out. Claude Code refreshes 5 minutes before expiry, holding
-``.oauth_refresh.lock`` around its re-read, request and write (and then, where it can,
-the older ``~/.claude.lock``), and ``.storage-write.lock`` around each write: broker takes
-the same two locks in the same order, so the two never redeem one refresh token twice.
+refresher for Claude Code's login instead of one per running Claude Code: its refresh
+tokens rotate, and Claude Code instances that refresh the same copy log each other out.
+Its file, its locks and the write-back are ``broker.followed.claude``'s.
 
 Its refresh is Claude Code's (``@anthropic-ai/claude-code`` 2.1.332, the shipped bundle):
 a JSON body with ``grant_type``, ``refresh_token``, ``client_id`` and ``scope`` (the
@@ -17,7 +14,6 @@ says ``axios/<version>``; the token endpoint is reported to answer 429 to other 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +26,6 @@ from broker.providers.wire import Wire
 from broker.core.config import Section
 from broker.core.errors import BadRequest
 from broker.core.model import Credential
-from broker.followed.format import CliLock, FileProblem, FollowedFile, file_path, home, require
 
 NAME = "claude"
 DESCRIPTION = "Claude subscription, from Claude Code's login (usable only by Claude Code itself)"
@@ -57,15 +52,8 @@ WIRE = Wire(
     token_headers={"User-Agent": "axios/{axios}"},  # axios's own default: Claude Code sets none on its refresh
     versions={"axios": "1.15.2"},
 )
-FILE_ACCOUNT = "claude-code"
-OAUTH_KEY = "claudeAiOauth"
 TABLE = Table(base_url=BASE_URL, endpoints=ENDPOINTS, wire=WIRE)
 LOGIN_HINT = "run: claude, then /login"
-REFRESH_LOCK = ".oauth_refresh.lock"
-REFRESH_LOCK_STALE = 60.0
-STORAGE_WRITE_LOCK = ".storage-write.lock"
-STORAGE_WRITE_STALE = 15.0
-"""Claude Code's locks (npm proper-lockfile: a directory, its mtime kept fresh by the holder)."""
 
 
 @dataclass
@@ -111,58 +99,9 @@ class ClaudeProvider(Provider):
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.refresh_token)
 
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        if not self.follow.enabled:
-            return ()
-        default = file_path(env, "CLAUDE_CONFIG_DIR", home(env) / ".claude", ".credentials.json")
-        path = self.follow.file or default
-        return (
-            FollowedFile(
-                provider=self.name,
-                account=FILE_ACCOUNT,
-                path=path,
-                cli="Claude Code",
-                parse=self._parse,
-                merge=_merge,
-                mode="lead" if self.follow.write_back else "follow",
-                login_hint=LOGIN_HINT,
-                lead=600.0,
-                refresh_locks=(CliLock(path.parent / REFRESH_LOCK, "mkdir", REFRESH_LOCK_STALE),),
-                write_locks=(CliLock(path.parent / STORAGE_WRITE_LOCK, "mkdir", STORAGE_WRITE_STALE),),
-            ),
-        )
-
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
             "endpoints": dict(self.endpoints),
             "note": "Anthropic allows these tokens only in Claude Code; the proxy does not serve them",
         }
-
-    def _parse(self, doc: dict[str, Any]) -> Credential:
-        oauth = require(doc, OAUTH_KEY, dict, "Claude Code's file")
-        where = f"{OAUTH_KEY}"
-        expires_ms = oauth.get("expiresAt")
-        if not isinstance(expires_ms, int | float) or isinstance(expires_ms, bool):
-            raise FileProblem(f"{where}.expiresAt is missing or not a number")
-        refresh_token = oauth.get("refreshToken")
-        return Credential(
-            provider=self.name,
-            account=FILE_ACCOUNT,
-            access_token=require(oauth, "accessToken", str, where),
-            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-            expires_at=expires_ms / 1000,
-            base_url=self.base_url,
-            api=self.api,
-            extra={k: oauth[k] for k in ("scopes", "subscriptionType") if k in oauth},
-        )
-
-
-def _merge(doc: dict[str, Any], credential: Credential) -> dict[str, Any]:
-    oauth = doc.setdefault(OAUTH_KEY, {})
-    oauth["accessToken"] = credential.access_token
-    if credential.refresh_token:
-        oauth["refreshToken"] = credential.refresh_token
-    if credential.expires_at is not None:
-        oauth["expiresAt"] = int(credential.expires_at * 1000)
-    return doc

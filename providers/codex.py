@@ -36,8 +36,6 @@ from broker.providers.wire import Wire
 from broker.core.config import Section
 from broker.core.errors import BadRequest, LoginFailed
 from broker.core.model import Credential
-from broker.followed import codex as codex_file
-from broker.followed.format import FollowedFile
 
 NAME = "codex"
 DESCRIPTION = "ChatGPT subscription for Codex (sign in with ChatGPT)"
@@ -85,6 +83,13 @@ ACCOUNT_HEADER = "ChatGPT-Account-ID"
 DEAD_REFRESH_CODES = frozenset({"refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated"})
 """OpenAI's codes for a refresh token that will never work again, compared without case; any 401 is
 dead too (``manager.rs``, ``classify_refresh_token_failure``)."""
+API_KEY_API = "openai-chat"
+API_KEY_BASE_URL = "https://api.openai.com/v1"
+"""A plain OpenAI API key (Codex's ``OPENAI_API_KEY`` login) is served as it is, at OpenAI's own API."""
+KEYRING_NOTE = (
+    'with cli_auth_credentials_store = "keyring" in its config.toml, Codex keeps its login in the OS keyring '
+    "and writes no auth.json: broker then has no file to follow (log in with: broker login codex)"
+)
 TABLE = Table(
     base_url=BASE_URL,
     description=DESCRIPTION,
@@ -199,30 +204,10 @@ class CodexProvider(Provider):
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.refresh_token)
 
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        if not self.follow.enabled:
-            return ()
-        return (
-            FollowedFile(
-                provider=self.name,
-                account=codex_file.ACCOUNT,
-                path=self.follow.file or codex_file.default_path(env),
-                cli=codex_file.CLI,
-                parse=self._from_file,
-                merge=codex_file.merge,
-                mode="lead" if self.follow.write_back else "follow",
-                login_hint=codex_file.LOGIN_HINT,
-                lead=codex_file.LEAD,
-                contested_within=codex_file.REFRESHES_WITHIN,
-                programs=codex_file.PROGRAMS,
-                locate=codex_file.default_path,
-            ),
-        )
-
     def served(self, credential: Credential) -> Mapping[str, Any]:
         """A ChatGPT login speaks as Codex; a plain API key from ``auth.json`` is served as it is."""
         served = super().served(credential)
-        return {**served, "headers": dict(credential.headers)} if credential.api == codex_file.API_KEY_API else served
+        return {**served, "headers": dict(credential.headers)} if credential.api == API_KEY_API else served
 
     def describe(self) -> dict[str, Any]:
         redirects = [f"http://{REDIRECT_HOST}:{port}{REDIRECT_PATH}" for port in self.redirect_ports]
@@ -230,33 +215,8 @@ class CodexProvider(Provider):
             **super().describe(),
             "endpoints": dict(self.endpoints),
             "redirect_uris": redirects,
-            "note": codex_file.KEYRING_NOTE,
+            "note": KEYRING_NOTE,
         }
-
-    def _from_file(self, doc: dict[str, Any]) -> Credential:
-        """Codex's ``auth.json`` as a credential: its ChatGPT login, or a plain OpenAI API key."""
-        login = codex_file.read(doc)
-        if isinstance(login, codex_file.ApiKeyLogin):
-            return Credential(
-                provider=self.name,
-                account=codex_file.ACCOUNT,
-                access_token=login.api_key,
-                base_url=codex_file.API_KEY_BASE_URL,
-                api=codex_file.API_KEY_API,
-            )
-        account_id = login.account_id or _account_id(login.id_token) or _account_id(login.access_token)
-        extra = {"id_token": login.id_token, "account_id": account_id}
-        return Credential(
-            provider=self.name,
-            account=codex_file.ACCOUNT,
-            access_token=login.access_token,
-            refresh_token=login.refresh_token,
-            expires_at=_jwt_expiry(login.access_token),
-            issued_at=_jwt_time(login.access_token, "iat"),
-            api=self.api,
-            headers={ACCOUNT_HEADER: account_id} if account_id else {},
-            extra={k: v for k, v in extra.items() if v},
-        )
 
     def _credential(
         self, account: str, tokens: TokenSet, *, source: str, previous: Credential | None = None
@@ -264,7 +224,7 @@ class CodexProvider(Provider):
         """The refresh answer may omit the id_token: the account id then stays what it was."""
         old = previous.extra if previous else {}
         id_token = tokens.id_token or old.get("id_token")
-        account_id = _account_id(id_token) or _account_id(tokens.access_token) or old.get("account_id")
+        account_id = account_id_of(id_token) or account_id_of(tokens.access_token) or old.get("account_id")
         extra = {"id_token": id_token, "account_id": account_id}
         return self.credential_from(
             account,
@@ -276,7 +236,8 @@ class CodexProvider(Provider):
         )
 
 
-def _account_id(token: str | None) -> str | None:
+def account_id_of(token: str | None) -> str | None:
+    """The ChatGPT account id in a token's OpenAI auth claim (the Codex backend wants it as a header)."""
     value = claims(token).get(AUTH_CLAIM, {})
     account_id = value.get(ACCOUNT_ID_CLAIM) if isinstance(value, dict) else None
     return account_id if isinstance(account_id, str) and account_id else None
@@ -289,15 +250,16 @@ def _account_name(tokens: TokenSet) -> str:
     email = values.get("email") or (profile.get("email") if isinstance(profile, dict) else None)
     if isinstance(email, str) and email:
         return email
-    return account_name(values) or _account_id(tokens.id_token) or _account_id(tokens.access_token) or "default"
+    return account_name(values) or account_id_of(tokens.id_token) or account_id_of(tokens.access_token) or "default"
 
 
 def _jwt_expiry(token: str) -> float | None:
     """OpenAI's token answer may omit ``expires_in``; the access token is a JWT with ``exp``."""
-    return _jwt_time(token, "exp")
+    return jwt_time(token, "exp")
 
 
-def _jwt_time(token: str, claim: str) -> float | None:
+def jwt_time(token: str, claim: str) -> float | None:
+    """A time claim (``exp``, ``iat``) of an OpenAI token, a JWT; ``None`` when it has none."""
     value = claims(token).get(claim)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 

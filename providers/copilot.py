@@ -17,9 +17,7 @@ the editor's identity on both, as copilot-api (``src/lib/api-config.ts``) sends 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from broker.flows import device_code, pat
@@ -37,8 +35,6 @@ from broker.core.config import Section
 from broker.core.errors import BadRequest, BrokerError, LoginFailed, LoginRequired, RefreshFailed
 from broker.core.model import Credential
 from broker.core.sanitize import upstream_text
-from broker.followed import copilot as copilot_files
-from broker.followed.format import FollowedFile
 
 NAME = "copilot"
 API = "openai-chat"
@@ -71,10 +67,6 @@ MODELS = {
 }
 TABLE = Table(forced_base_url=True, endpoint_keys=ENDPOINT_KEYS, wire=WIRE, own=("exchange", "enterprise_url"))
 SUBSCRIPTION_PAGE = "https://github.com/settings/copilot"
-NOT_MINTED = 0.0
-"""The expiry of a credential fresh from an editor's file: no Copilot token yet, so the refresher mints at once."""
-MINT_LEAD = 60.0
-"""The least lead for a minted token; Copilot's own ``refresh_in`` usually asks for more."""
 
 
 @dataclass
@@ -180,54 +172,6 @@ class CopilotProvider(Provider):
 
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.extra.get("github_token"))
-
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        """The editors' apps.json and hosts.json (or the one ``file`` names): Copilot tokens are minted from them.
-
-        Their tokens are the Copilot app's, usable only through the exchange: none with ``exchange = false``.
-        """
-        if not self.follow.enabled or not self.exchange:
-            return ()
-        directory = copilot_files.directory(env)
-        paths = (self.follow.file,) if self.follow.file else tuple(directory / f.name for f in copilot_files.FILES)
-        return tuple(self._editor_file(path) for path in paths)
-
-    def _editor_file(self, path: Path) -> FollowedFile:
-        account = copilot_files.account_of(path)
-
-        def parse(doc: dict[str, Any]) -> Credential:
-            return self._from_editor_file(doc, account)
-
-        return FollowedFile(
-            provider=self.name,
-            account=account,
-            path=path,
-            cli=copilot_files.CLI,
-            parse=parse,
-            merge=None,
-            mode="mint",
-            login_hint=copilot_files.LOGIN_HINT,
-            lead=MINT_LEAD,
-        )
-
-    def _from_editor_file(self, doc: dict[str, Any], account: str) -> Credential:
-        """The file's GitHub token for this provider's host, as a login of model A not yet exchanged."""
-        host = self.host.url.split("://", 1)[1]
-        login = copilot_files.read(doc, host, (self.client_id, CLIENT_ID))
-        return Credential(
-            provider=self.name,
-            account=account,
-            access_token="",
-            expires_at=NOT_MINTED,
-            api=self.api,
-            extra={
-                "github_token": login.github_token,
-                "github_user": login.user,
-                "enterprise_url": self.host.enterprise_url,
-                "login_model": MODELS[True],
-                "client_id": login.app_id or CLIENT_ID,
-            },
-        )
 
     async def _exchange(self, ctx: ProviderContext, credential: Credential, *, during: str) -> Credential:
         """GET ``copilot_token`` with the GitHub token: the Copilot token, its expiry and API base."""

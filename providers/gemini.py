@@ -3,8 +3,8 @@
 Google's terms let only Gemini CLI use this login, so broker neither signs in to it
 nor serves it through its proxy; other tools have the Gemini API key (``gemini-api``)
 or Vertex (``vertex``). What broker adds is one refresher ahead of every Gemini CLI,
-and a write-back that merges: Google's refresh answer has no refresh token, and
-replacing the file with it logs Gemini CLI out an hour later.
+and a write-back that merges (``broker.followed.gemini``): Google's refresh answer has
+no refresh token, and replacing the file with it logs Gemini CLI out an hour later.
 
 The refresh is Gemini CLI's (0.61.0): google-auth-library 10.9.0's ``OAuth2Client``
 ``refreshTokenNoCache``, a form with ``refresh_token``, ``client_id``, ``client_secret``
@@ -15,9 +15,7 @@ names the user's Node and is not copied).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from broker.flows import refresh
@@ -30,7 +28,6 @@ from broker.providers.wire import Wire
 from broker.core.config import Section
 from broker.core.errors import BadRequest, LoginRequired
 from broker.core.model import Credential
-from broker.followed.format import FileProblem, FollowedFile, home, require
 
 NAME = "gemini"
 DESCRIPTION = "Gemini CLI's Google login, kept fresh for Gemini CLI (usable only by Gemini CLI itself)"
@@ -40,9 +37,6 @@ CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleuserconten
 CLIENT_SECRET = "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"
 """Gemini CLI's installed-app client; its secret is public by design (RFC 8252 §8.5)."""
 ENDPOINTS = {"token": "https://oauth2.googleapis.com/token"}
-FILE_ACCOUNT = "gemini-cli"
-HOME_VARIABLE = "GEMINI_CLI_HOME"
-"""Replaces the home directory for Gemini CLI: the file is ``$GEMINI_CLI_HOME/.gemini/oauth_creds.json``."""
 WIRE = Wire(
     client_id=CLIENT_ID,
     token_headers={"User-Agent": "google-api-nodejs-client/{google_auth_library}"},
@@ -116,54 +110,5 @@ class GeminiProvider(Provider):
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.refresh_token)
 
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        if not self.follow.enabled:
-            return ()
-        cli_home = Path(env[HOME_VARIABLE]).expanduser() if env.get(HOME_VARIABLE) else home(env)
-        return (
-            FollowedFile(
-                provider=self.name,
-                account=FILE_ACCOUNT,
-                path=self.follow.file or cli_home / ".gemini" / "oauth_creds.json",
-                cli="Gemini CLI",
-                parse=self._parse,
-                merge=_merge,
-                mode="lead" if self.follow.write_back else "follow",
-                login_hint=LOGIN_HINT,
-                lead=600.0,  # Gemini CLI refreshes 5 min ahead; broker comes first
-            ),
-        )
-
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "endpoints": dict(self.endpoints), "note": NOTE}
-
-    def _parse(self, doc: dict[str, Any]) -> Credential:
-        where = "Gemini CLI's file"
-        expires_ms = doc.get("expiry_date")
-        if not isinstance(expires_ms, int | float) or isinstance(expires_ms, bool):
-            raise FileProblem(f"{where}: expiry_date is missing or not a number")
-        refresh_token = doc.get("refresh_token")
-        token_type = doc.get("token_type")
-        return Credential(
-            provider=self.name,
-            account=FILE_ACCOUNT,
-            access_token=require(doc, "access_token", str, where),
-            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-            expires_at=expires_ms / 1000,
-            token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
-            base_url=self.base_url,
-            api=self.api,
-        )
-
-
-def _merge(doc: dict[str, Any], credential: Credential) -> dict[str, Any]:
-    """The new access token and expiry into Gemini CLI's JSON; its refresh token and the rest stay."""
-    doc["access_token"] = credential.access_token
-    if credential.refresh_token:
-        doc["refresh_token"] = credential.refresh_token
-    if credential.expires_at is not None:
-        doc["expiry_date"] = int(credential.expires_at * 1000)
-    for key in ("id_token", "scope"):
-        if isinstance(credential.extra.get(key), str):
-            doc[key] = credential.extra[key]
-    return doc

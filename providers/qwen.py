@@ -32,8 +32,6 @@ from broker.providers.wire import Wire
 from broker.core.config import Section
 from broker.core.errors import BadRequest, BrokerError, LoginFailed, UpstreamUnavailable
 from broker.core.model import Credential
-from broker.followed import qwen as qwen_file
-from broker.followed.format import CliLock, FollowedFile
 
 NAME = "qwen"
 DESCRIPTION = "Qwen Code's OAuth login (free tier ended 2026-04-15; existing logins work until refused)"
@@ -159,38 +157,6 @@ class QwenProvider(Provider):
 
     def can_refresh(self, credential: Credential) -> bool:
         return bool(credential.refresh_token)
-
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        if not self.follow.enabled:
-            return ()
-        path = self.follow.file or qwen_file.default_path(env)
-        return (
-            FollowedFile(
-                provider=self.name,
-                account=qwen_file.ACCOUNT,
-                path=path,
-                cli=qwen_file.CLI,
-                parse=self._from_file,
-                merge=qwen_file.merge,
-                mode="lead" if self.follow.write_back else "follow",
-                login_hint=qwen_file.LOGIN_HINT,
-                refresh_locks=(CliLock(qwen_file.lock_path(path), "create", qwen_file.LOCK_STALE),),
-            ),
-        )
-
-    def _from_file(self, doc: dict[str, Any]) -> Credential:
-        login = qwen_file.read(doc)
-        return Credential(
-            provider=self.name,
-            account=qwen_file.ACCOUNT,
-            access_token=login.access_token,
-            refresh_token=login.refresh_token,
-            expires_at=login.expires_at,
-            token_type=login.token_type,
-            base_url=base_url_for(login.resource_url),
-            api=self.api,
-            extra={"resource_url": login.resource_url} if login.resource_url else {},
-        )
 
     def served(self, credential: Credential) -> Mapping[str, Any]:
         return {

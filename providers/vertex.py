@@ -4,15 +4,13 @@ The ADC file is gcloud's, and nothing in it expires on a schedule: it holds eith
 user's refresh token (``authorized_user``, from ``gcloud auth application-default
 login``) or a service account's private key (``service_account``). So broker never
 writes it; it mints an access token from it (one hour) and keeps that in memory,
-minting the next one ahead of expiry.
+minting the next one ahead of expiry (``broker.followed.gcloud`` reads the file).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +25,6 @@ from broker.providers.upstream_errors import to_broker_error
 from broker.core.config import Section
 from broker.core.errors import BadRequest, BrokerError, RefreshFailed
 from broker.core.model import Credential
-from broker.followed.format import FileProblem, FollowedFile, file_path, home, require
 
 NAME = "vertex"
 DESCRIPTION = "Claude on Vertex AI, with tokens minted from gcloud's application default credentials"
@@ -38,14 +35,10 @@ ENDPOINTS = {"token": "https://oauth2.googleapis.com/token"}
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 REGION = "us-east5"
 PUBLISHER = "anthropic"
-ADC_NAME = "application_default_credentials.json"
-FILE_ACCOUNT = "adc"
 TOKEN_LIFETIME = 3600
 SUPPORTED = ("authorized_user", "service_account")
 TABLE = Table(forced_base_url=True, endpoint_keys=tuple(ENDPOINTS), own=("region", "project", "publisher"))
 LOGIN_HINT = "run: gcloud auth application-default login"
-NOT_MINTED = 0.0
-"""The expiry of a credential fresh from the file: no access token yet, so the refresher mints at once."""
 _NAME_PART = re.compile(r"[a-z0-9][a-z0-9-]*")
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]*")
 
@@ -104,31 +97,6 @@ class VertexProvider(Provider):
     def can_refresh(self, credential: Credential) -> bool:
         return credential.extra.get("type") in SUPPORTED
 
-    def followed_files(self, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
-        if not self.follow.enabled:
-            return ()
-        explicit = env.get("GOOGLE_APPLICATION_CREDENTIALS")
-        default = file_path(env, "CLOUDSDK_CONFIG", home(env) / ".config" / "gcloud", ADC_NAME)
-        # google-auth's order: the environment's project beats the one in the credentials file
-        env_project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCLOUD_PROJECT") or None
-
-        def parse(doc: dict[str, Any]) -> Credential:
-            return self._parse(doc, env_project)
-
-        return (
-            FollowedFile(
-                provider=self.name,
-                account=FILE_ACCOUNT,
-                path=self.follow.file or (Path(explicit).expanduser() if explicit else default),
-                cli="gcloud",
-                parse=parse,
-                merge=None,
-                mode="mint",
-                login_hint=LOGIN_HINT,
-                lead=300.0,
-            ),
-        )
-
     def describe(self) -> dict[str, Any]:
         template = _models_url(self.region, "{project}", self.publisher)
         return {
@@ -159,46 +127,6 @@ class VertexProvider(Provider):
         client = OAuthClient(str(extra["client_id"]), str(extra["client_secret"]), auth_method="client_secret_post")
         return await refresh.refresh(http, endpoint, client, credential.refresh_token, now=now)
 
-    def _parse(self, doc: dict[str, Any], env_project: str | None) -> Credential:
-        where = "the ADC file"
-        kind = require(doc, "type", str, where)
-        quota_project = _optional_str(doc, "quota_project_id")
-        token_uri = _optional_str(doc, "token_uri")
-        if token_uri is not None and not token_uri.startswith("https://"):
-            raise FileProblem(f"{where}: token_uri is not an https:// URL; broker sends no secret in clear text")
-        extra: dict[str, Any] = {"type": kind, "token_uri": token_uri}
-        refresh_token: str | None = None
-        if kind == "authorized_user":
-            extra["client_id"] = require(doc, "client_id", str, where)
-            extra["client_secret"] = require(doc, "client_secret", str, where)
-            refresh_token = require(doc, "refresh_token", str, where)
-        elif kind == "service_account":
-            extra["client_email"] = require(doc, "client_email", str, where)
-            extra["private_key"] = require(doc, "private_key", str, where)
-            extra["private_key_id"] = _optional_str(doc, "private_key_id")
-            try:
-                google_jwt.load_rsa_key(extra["private_key"])
-            except ValueError as exc:
-                raise FileProblem(f"{where}: private_key is {exc}") from None
-        else:
-            raise FileProblem(
-                f"{where} holds credentials of type {kind!r}, which broker does not support "
-                f"(it mints tokens from {' and '.join(SUPPORTED)} files)",
-                f"{LOGIN_HINT}, or point GOOGLE_APPLICATION_CREDENTIALS at a service account key file",
-            )
-        project = self.project or env_project or _optional_str(doc, "project_id") or quota_project
-        return Credential(
-            provider=self.name,
-            account=FILE_ACCOUNT,
-            access_token="",
-            refresh_token=refresh_token,
-            expires_at=NOT_MINTED,
-            base_url=self.forced_base_url or (base_url_of(self.region, project, self.publisher) if project else None),
-            api=self.api,
-            headers={"x-goog-user-project": quota_project} if quota_project else {},
-            extra=extra,
-        )
-
 
 def base_url_of(region: str, project: str, publisher: str = PUBLISHER) -> str:
     """Vertex's models URL of one publisher in one project; ``global`` has no regional host."""
@@ -215,11 +143,6 @@ def _checked(section: Section, key: str, value: str, pattern: re.Pattern[str]) -
     if not pattern.fullmatch(value):
         raise section.error(key, f"is not a valid {key} name (lowercase letters, digits and dashes)")
     return value
-
-
-def _optional_str(doc: Mapping[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    return value if isinstance(value, str) and value else None
 
 
 def _refusal(exc: OAuthError, provider: str, credential: Credential) -> BrokerError:

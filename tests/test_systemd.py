@@ -31,6 +31,7 @@ from broker.providers.registry import build_registry
 
 from broker.cli import service_units
 from broker.core.config import load_settings
+from broker.followed.catalog import followed_files
 from tests.conftest import DaemonProcess, acme_config, read_event
 from tests.fakes.oauth_server import FakeOAuthServer
 
@@ -200,7 +201,7 @@ def test_every_followed_cli_file_lies_in_a_directory_the_service_may_write() -> 
     env = {"HOME": "/home/me"}
     registry = build_registry(load_settings(env).root.section("providers"))
     writable = [Path(directory.replace("%h", "/home/me")) for directory in service_units.FOLLOWED_DIRS]
-    files = [f for p in registry for f in p.followed_files(env)]
+    files = followed_files(registry, env)
     followed = [path for f in files for path in (f.path, *(lock.path for lock in (*f.refresh_locks, *f.write_locks)))]
     assert followed, "no provider follows a file: this test would check nothing"
     assert [str(path) for path in followed if not any(path.is_relative_to(d) for d in writable)] == []

@@ -25,6 +25,7 @@ from broker.core.config import ConfigSource, Section, parse
 from broker.core.errors import BrokerError
 from broker.daemon import hints
 from broker.daemon.credentials import CredentialSet
+from broker.followed.catalog import files_of
 from broker.followed.files import FollowedFiles
 from broker.store.file_store import FileStore
 from broker.store.keys import FileKey
@@ -122,7 +123,7 @@ def cli_sentences(provider: Provider) -> list[str]:
 def file_sentences(provider: Provider, home: Path) -> list[str]:
     """A followed file's messages when it is broken, and its CLI's login."""
     said = []
-    for spec in provider.followed_files({"HOME": str(home)}):
+    for spec in files_of(provider, {"HOME": str(home)}):
         spec.path.parent.mkdir(parents=True, exist_ok=True)
         spec.path.write_text('{"cut": ')
         state = FollowedFiles([spec]).read(spec.path)

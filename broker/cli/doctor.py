@@ -24,6 +24,7 @@ from broker.client import Client
 from broker.core import locations, paths
 from broker.core.config import Settings, load_settings
 from broker.core.errors import BrokerError, ConfigError, DaemonUnavailable
+from broker.followed.catalog import followed_files
 from broker.followed.files import FollowedFiles
 from broker.providers.registry import Registry, build_registry
 
@@ -208,7 +209,7 @@ def _keyring(context: Context) -> Iterator[Check]:
 def _followed_files(context: Context) -> Iterator[Check]:
     if context.registry is None:
         return
-    specs = [spec for provider in context.registry for spec in provider.followed_files(context.env)]
+    specs = followed_files(context.registry, context.env)
     files = FollowedFiles(specs)
     found = []
     for spec in specs:

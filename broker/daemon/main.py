@@ -47,6 +47,7 @@ from broker.daemon.refresher import Refresher
 from broker.daemon.sdnotify import notify
 from broker.daemon.server import MAX_REQUEST_BYTES, bind_unix_socket, guarded_routes
 from broker.flows.http import new_session
+from broker.followed.catalog import followed_files
 from broker.followed.files import FollowedFiles
 from broker.followed.format import FollowedFile
 from broker.followed.watcher import Watcher
@@ -217,7 +218,7 @@ class Daemon:
         )
 
     def _followed_files(self) -> list[FollowedFile]:
-        return [spec for provider in self._registry for spec in provider.followed_files(self.env)]
+        return followed_files(self._registry, self.env)
 
     def _start_watcher(self) -> None:
         self._watcher = Watcher(self.credentials.followed.states, self._file_changed)

@@ -16,11 +16,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from broker.core.model import Credential
-from broker.followed.format import FileProblem, file_path, home, require
+from broker.followed.format import CliFormat, FileProblem, FollowedFile, file_path, home, optional_str, require
+from broker.providers.codex import ACCOUNT_HEADER, API_KEY_API, API_KEY_BASE_URL, CodexProvider, account_id_of, jwt_time
 
 ACCOUNT = "codex-cli"
 CLI = "Codex CLI"
@@ -37,12 +39,6 @@ TOKENS = "tokens"
 API_KEY = "OPENAI_API_KEY"
 API_KEY_MODE = "apikey"
 """``auth_mode`` of a file whose API key is the login, even beside leftover tokens."""
-API_KEY_API = "openai-chat"
-API_KEY_BASE_URL = "https://api.openai.com/v1"
-KEYRING_NOTE = (
-    'with cli_auth_credentials_store = "keyring" in its config.toml, Codex keeps its login in the OS keyring '
-    "and writes no auth.json: broker then has no file to follow (log in with: broker login codex)"
-)
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,32 @@ def default_path(env: Mapping[str, str]) -> Path:
     return file_path(env, HOME_VARIABLE, home(env) / ".codex", FILE_NAME)
 
 
+def credential_in(doc: Mapping[str, Any], provider: CodexProvider) -> Credential:
+    """The file's ChatGPT login, or its plain OpenAI API key, as the provider serves it."""
+    login = read(doc)
+    if isinstance(login, ApiKeyLogin):
+        return Credential(
+            provider=provider.name,
+            account=ACCOUNT,
+            access_token=login.api_key,
+            base_url=API_KEY_BASE_URL,
+            api=API_KEY_API,
+        )
+    account_id = login.account_id or account_id_of(login.id_token) or account_id_of(login.access_token)
+    extra = {"id_token": login.id_token, "account_id": account_id}
+    return Credential(
+        provider=provider.name,
+        account=ACCOUNT,
+        access_token=login.access_token,
+        refresh_token=login.refresh_token,
+        expires_at=jwt_time(login.access_token, "exp"),
+        issued_at=jwt_time(login.access_token, "iat"),
+        api=provider.api,
+        headers={ACCOUNT_HEADER: account_id} if account_id else {},
+        extra={k: v for k, v in extra.items() if v},
+    )
+
+
 def read(doc: Mapping[str, Any]) -> ChatGPTLogin | ApiKeyLogin:
     """The login the file holds; FileProblem when it holds none broker can use."""
     tokens = doc.get(TOKENS)
@@ -74,9 +96,9 @@ def read(doc: Mapping[str, Any]) -> ChatGPTLogin | ApiKeyLogin:
     if isinstance(tokens, dict) and not (has_key and doc.get("auth_mode") == API_KEY_MODE):
         return ChatGPTLogin(
             access_token=require(tokens, "access_token", str, TOKENS),
-            refresh_token=_optional_str(tokens, "refresh_token"),
-            id_token=_optional_str(tokens, "id_token"),
-            account_id=_optional_str(tokens, "account_id"),
+            refresh_token=optional_str(tokens, "refresh_token"),
+            id_token=optional_str(tokens, "id_token"),
+            account_id=optional_str(tokens, "account_id"),
         )
     if has_key:
         return ApiKeyLogin(str(api_key))
@@ -106,6 +128,19 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _optional_str(doc: Mapping[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    return value if isinstance(value, str) and value else None
+FORMAT = CliFormat(
+    ACCOUNT,
+    CLI,
+    LOGIN_HINT,
+    merge,
+    lead=LEAD,
+    contested_within=REFRESHES_WITHIN,
+    programs=PROGRAMS,
+    locate=default_path,
+)
+
+
+def files(provider: CodexProvider, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+    return (
+        FORMAT.file(provider, provider.follow.file or default_path(env), partial(credential_in, provider=provider)),
+    )

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from broker.followed.format import FileProblem, home, require
+from broker.core.model import Credential
+from broker.followed.format import CliFormat, FileProblem, FollowedFile, home, optional_str, require
+from broker.providers.copilot import CLIENT_ID, MODELS, CopilotProvider
 
 CLI = "your Copilot editor"
 LOGIN_HINT = "sign in to Copilot in your editor again"
 DIRECTORY = "github-copilot"
+NOT_MINTED = 0.0
+"""The expiry of a credential fresh from an editor's file: no Copilot token yet, so the refresher mints at once."""
+MINT_LEAD = 60.0
+"""The least lead for a minted token; Copilot's own ``refresh_in`` usually asks for more."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,26 @@ class EditorLogin:
     github_token: str = field(repr=False)
     user: str | None
     app_id: str | None
+
+
+def credential_in(doc: Mapping[str, Any], provider: CopilotProvider, account: str) -> Credential:
+    """The file's GitHub token for the provider's host, as a login of model A not yet exchanged."""
+    host = provider.host.url.split("://", 1)[1]
+    login = read(doc, host, (provider.client_id, CLIENT_ID))
+    return Credential(
+        provider=provider.name,
+        account=account,
+        access_token="",
+        expires_at=NOT_MINTED,
+        api=provider.api,
+        extra={
+            "github_token": login.github_token,
+            "github_user": login.user,
+            "enterprise_url": provider.host.enterprise_url,
+            "login_model": MODELS[True],
+            "client_id": login.app_id or CLIENT_ID,
+        },
+    )
 
 
 def directory(env: Mapping[str, str]) -> Path:
@@ -70,7 +97,7 @@ def read(doc: Mapping[str, Any], host: str, app_ids: Sequence[str]) -> EditorLog
     app_id = entry.get("githubAppId")
     return EditorLogin(
         github_token=require(entry, "oauth_token", str, where),
-        user=_optional_str(entry, "user"),
+        user=optional_str(entry, "user"),
         app_id=app_id if isinstance(app_id, str) and app_id else _app_of(key, host),
     )
 
@@ -93,6 +120,21 @@ def _app_of(key: str, host: str) -> str | None:
     return key[len(host) + 1 :] or None
 
 
-def _optional_str(doc: Mapping[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    return value if isinstance(value, str) and value else None
+FORMAT = CliFormat(FILES[0].account, CLI, LOGIN_HINT, merge=None, lead=MINT_LEAD)
+
+
+def files(provider: CopilotProvider, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+    """The editors' apps.json and hosts.json (or the one ``file`` names): Copilot tokens are minted from them.
+
+    Their tokens are the Copilot app's, usable only through the exchange: none with ``exchange = false``.
+    """
+    if not provider.exchange:
+        return ()
+    given = provider.follow.file
+    paths = (given,) if given else tuple(directory(env) / f.name for f in FILES)
+    return tuple(_editor_file(provider, path) for path in paths)
+
+
+def _editor_file(provider: CopilotProvider, path: Path) -> FollowedFile:
+    account = account_of(path)
+    return FORMAT.file(provider, path, partial(credential_in, provider=provider, account=account), account=account)

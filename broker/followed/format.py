@@ -1,9 +1,9 @@
-"""Credential files other CLIs write, as providers declare them.
+"""Credential files other CLIs write, as the module of each CLI's format describes them.
 
-A provider that can follow a CLI's file returns ``FollowedFile`` specs: where the file
-is, how to read a credential out of its JSON, and (for files broker may write) how to
-merge refreshed tokens back in without touching anything else. The daemon's
-``broker.followed`` does the reading, locking and writing.
+Each format (``broker.followed.claude``, ``codex``, ...) makes ``FollowedFile`` specs for
+a provider: where the file is, how to read a credential out of its JSON, and (for files
+broker may write) how to merge refreshed tokens back in without touching anything else.
+``broker.followed.files`` does the reading, locking and writing.
 """
 
 from __future__ import annotations
@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from broker.core.model import Credential
+from broker.providers.base import Provider
 
 Mode = Literal["lead", "follow", "mint"]
 """``lead``: broker refreshes and writes back; ``follow``: broker only re-reads what the
 CLI writes; ``mint``: broker derives short-lived tokens from the file and never writes it
 (Copilot's long-lived GitHub token, gcloud's ADC)."""
+
+
+Parse = Callable[[dict[str, Any]], Credential]
+Merge = Callable[[dict[str, Any], Credential], dict[str, Any]]
 
 
 class FileProblem(Exception):
@@ -39,9 +44,9 @@ class FollowedFile:
     path: Path
     cli: str
     """The owning CLI, for people: ``Codex CLI``."""
-    parse: Callable[[dict[str, Any]], Credential]
+    parse: Parse
     """The credential in the file's JSON; raises FileProblem when it is unusable."""
-    merge: Callable[[dict[str, Any], Credential], dict[str, Any]] | None
+    merge: Merge | None
     """The file's JSON with refreshed tokens merged in, unknown fields kept; None: never write."""
     mode: Mode
     login_hint: str
@@ -60,6 +65,53 @@ class FollowedFile:
     """Names of the CLI's processes (``/proc/PID/comm`` or the script run), to find it running."""
     locate: Callable[[Mapping[str, str]], Path] | None = None
     """The file a process of the CLI uses, from that process's environment (its home overrides)."""
+
+
+@dataclass(frozen=True)
+class CliFormat:
+    """What a CLI's file is whoever follows it; ``file`` makes the spec of one provider's copy.
+
+    The fields are ``FollowedFile``'s of the same names.
+    """
+
+    account: str
+    cli: str
+    login_hint: str
+    merge: Merge | None
+    """``None``: broker never writes the file, it mints tokens from it."""
+    lead: float = 300.0
+    contested_within: float | None = None
+    programs: tuple[str, ...] = ()
+    locate: Callable[[Mapping[str, str]], Path] | None = None
+
+    def file(
+        self,
+        provider: Provider,
+        path: Path,
+        parse: Parse,
+        *,
+        account: str | None = None,
+        refresh_locks: tuple[CliLock, ...] = (),
+        write_locks: tuple[CliLock, ...] = (),
+    ) -> FollowedFile:
+        """The provider's file at ``path``: led, unless its config says ``write_back = false``."""
+        mode: Mode = "mint" if self.merge is None else "lead" if provider.follow.write_back else "follow"
+        return FollowedFile(
+            provider=provider.name,
+            account=account or self.account,
+            path=path,
+            cli=self.cli,
+            parse=parse,
+            merge=self.merge,
+            mode=mode,
+            login_hint=self.login_hint,
+            lead=self.lead,
+            refresh_locks=refresh_locks,
+            write_locks=write_locks,
+            contested_within=self.contested_within,
+            programs=self.programs,
+            locate=self.locate,
+        )
 
 
 LockKind = Literal["create", "mkdir"]
@@ -106,3 +158,17 @@ def require(doc: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (kind is str and not value):
         raise FileProblem(f"{where}: {key} is missing or not a {kind.__name__}")
     return value
+
+
+def optional_str(doc: Mapping[str, Any], key: str) -> str | None:
+    """``doc[key]`` when it is a non-empty string; anything else counts as absent."""
+    value = doc.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def ms_timestamp(doc: Mapping[str, Any], key: str, label: str) -> float:
+    """``doc[key]``, a JavaScript time in milliseconds, as epoch seconds; FileProblem naming ``label`` if not one."""
+    value = doc.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise FileProblem(f"{label} is missing or not a number")
+    return value / 1000

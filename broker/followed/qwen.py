@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from broker.core.model import Credential
-from broker.followed.format import FileProblem, file_path, home, require
+from broker.followed.format import CliFormat, CliLock, FollowedFile, file_path, home, ms_timestamp, require
+from broker.providers.qwen import QwenProvider, base_url_for
 
 ACCOUNT = "qwen-code"
 CLI = "Qwen Code"
@@ -42,15 +44,29 @@ def lock_path(path: Path) -> Path:
     return path.with_name(LOCK_NAME)
 
 
+def credential_in(doc: Mapping[str, Any], provider: QwenProvider) -> Credential:
+    """The file's login, at the API host its ``resource_url`` names."""
+    login = read(doc)
+    return Credential(
+        provider=provider.name,
+        account=ACCOUNT,
+        access_token=login.access_token,
+        refresh_token=login.refresh_token,
+        expires_at=login.expires_at,
+        token_type=login.token_type,
+        base_url=base_url_for(login.resource_url),
+        api=provider.api,
+        extra={"resource_url": login.resource_url} if login.resource_url else {},
+    )
+
+
 def read(doc: Mapping[str, Any]) -> QwenLogin:
-    expiry_ms = doc.get("expiry_date")
-    if not isinstance(expiry_ms, int | float) or isinstance(expiry_ms, bool):
-        raise FileProblem("expiry_date is missing or not a number")
+    expires_at = ms_timestamp(doc, "expiry_date", "expiry_date")
     return QwenLogin(
         access_token=require(doc, "access_token", str, FILE_NAME),
         refresh_token=_optional_str(doc, "refresh_token"),
         token_type=_optional_str(doc, "token_type") or "Bearer",
-        expires_at=expiry_ms / 1000,
+        expires_at=expires_at,
         resource_url=_optional_str(doc, "resource_url"),
     )
 
@@ -72,3 +88,12 @@ def merge(doc: dict[str, Any], credential: Credential) -> dict[str, Any]:
 def _optional_str(doc: Mapping[str, Any], key: str) -> str | None:
     value = doc.get(key)
     return value if isinstance(value, str) and value.strip() else None
+
+
+FORMAT = CliFormat(ACCOUNT, CLI, LOGIN_HINT, merge)
+
+
+def files(provider: QwenProvider, env: Mapping[str, str]) -> tuple[FollowedFile, ...]:
+    path = provider.follow.file or default_path(env)
+    lock = CliLock(lock_path(path), "create", LOCK_STALE)
+    return (FORMAT.file(provider, path, partial(credential_in, provider=provider), refresh_locks=(lock,)),)
