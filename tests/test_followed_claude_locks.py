@@ -22,7 +22,7 @@ import pytest
 
 from broker.core.config import load_settings
 from broker.daemon.main import Daemon
-from broker.daemon.refresher import OWED_RETRY_CAP
+from broker.daemon.refresher.recovery import OWED_RETRY_CAP
 from broker.followed.filelock import lock_directory
 from tests.peers import npm_program
 from tests.test_followed_claude import CHANGE_TIMEOUT, KEY, Claude, start

@@ -24,7 +24,8 @@ from broker.client import Client
 from broker.core.config import load_settings
 from broker.core.errors import BrokerError
 from broker.daemon.main import Daemon
-from broker.daemon.refresher import Status, refresh_lead
+from broker.daemon.refresher import Status
+from broker.daemon.refresher.timing import refresh_lead
 from tests.conftest import TEST_RUN_CALLERS, isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.google_token import GoogleTokenServer

@@ -23,7 +23,8 @@ from broker.client import Client
 from broker.core.config import load_settings
 from broker.core.errors import BrokerError, NotLoggedIn
 from broker.daemon.main import Daemon
-from broker.daemon.refresher import Status, refresh_lead
+from broker.daemon.refresher import Status
+from broker.daemon.refresher.timing import refresh_lead
 from tests.conftest import isolated_env
 from tests.fakes.clock import FakeClock
 from tests.fakes.google_token import JWT_BEARER, GoogleTokenServer

@@ -14,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from broker.core.model import Credential
-from broker.daemon.refresh_timing import (
+from broker.daemon.refresher.timing import (
     BACKOFF_CAP,
     MIN_INTERVAL,
     backoff_delay,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from broker.client import Client
-from broker.daemon.refresher import OWED_RETRY_CAP
+from broker.daemon.refresher.recovery import OWED_RETRY_CAP
 from tests.conftest import DaemonProcess
 from tests.fakes.clock import FakeClock
 from tests.fakes.faulty_upstream import FaultyUpstream

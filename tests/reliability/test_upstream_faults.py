@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from broker.daemon.refresher import QUICK_RETRIES, WAIT_LIMIT
+from broker.daemon.refresher import WAIT_LIMIT
+from broker.daemon.refresher.attempt import QUICK_RETRIES
 from tests.fakes.clock import FakeClock
 from tests.fakes.faulty_upstream import FaultyUpstream
 from tests.reliability.conftest import WAIT, Rig
