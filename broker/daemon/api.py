@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import logging
 import os
@@ -28,6 +28,7 @@ from broker.daemon.logins import Logins
 from broker.daemon.metrics import Metrics
 from broker.daemon.refresher import WAIT_LIMIT, Refresher
 from broker.daemon.server import peer_of, read_json
+from broker.daemon.status_view import StatusView, wire
 from broker.providers.base import LoginRequest, Provider
 from broker.providers.registry import Registry
 
@@ -59,6 +60,11 @@ class Api:
     _refusals: Throttle = field(default_factory=Throttle)
     _encoded: dict[CredentialKey, tuple[Credential, Provider, int | None, bytes]] = field(default_factory=dict)
 
+    @functools.cached_property
+    def view(self) -> StatusView:
+        """How ``/v1/providers`` and the refresh and login answers describe accounts."""
+        return StatusView(self.registry, self.credentials, self.refresher, self.clock)
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/health", self.health),
@@ -89,7 +95,7 @@ class Api:
 
     def _config_fields(self) -> dict[str, Any]:
         path, error = self.config_state()
-        return {"config": None if path is None else str(path), "config_error": _wire(error)}
+        return {"config": None if path is None else str(path), "config_error": wire(error)}
 
     async def provider(self, name: str) -> Provider:
         """The provider named ``name``; an unknown name first makes the daemon catch up with an edited config."""
@@ -174,41 +180,12 @@ class Api:
 
     async def providers(self, request: web.Request) -> web.Response:
         """Every provider with its accounts and followed files: ``broker status`` and ``broker providers``."""
-        registry = self.registry()
-        probed = await self._probe(registry) if request.query.get("probe") != "0" else {}
-        listed = []
-        for provider in registry:
-            order = self.credentials.accounts(provider.name, provider.follow.prefer == "file")
-            held = [self.credentials.get((provider.name, account)) for account in order]
-            accounts = [self._account_state(credential, provider) for credential in held if credential is not None]
-            files = self._files_of(provider.name)
-            overall = probed.get(provider.name) or _overall(accounts)
-            if overall == "logged_out" and any(f["state"] == "error" for f in files):
-                overall = "error"
-            listed.append(
-                {
-                    **provider.describe(),
-                    "state": overall,
-                    "default_account": order[0] if order else None,
-                    "accounts": accounts,
-                    "files": files,
-                }
-            )
-        orphans = [c for c in self.credentials.all() if c.provider not in registry]
-        for credential in orphans:
-            state = self._account_state(credential)
-            gone = UnknownProvider(
-                f"{credential.provider} is no longer in the config",
-                f"run: broker logout {credential.provider} --account {credential.account}",
-            )
-            state.update(state="error", last_error=gone.to_wire()["error"], fix=gone.hint)
-            listed.append({"name": credential.provider, "state": "error", "default_account": None, "accounts": [state]})
-        error = self.credentials.load_error
+        listed = await self.view.providers(probe=request.query.get("probe") != "0")
         return web.json_response(
             {
                 "providers": listed,
                 "store": self.store_description(),
-                "store_error": _wire(error),
+                "store_error": wire(self.credentials.load_error),
                 **self._config_fields(),
             }
         )
@@ -244,7 +221,9 @@ class Api:
             log.exception("login crashed provider=%s", name)
             await emit({"event": "error", **BrokerError("internal error", "see the daemon's log").to_wire()["error"]})
         else:
-            await emit({"event": "done", "provider": name, "account": credential.account, **self._lasting(credential)})
+            await emit(
+                {"event": "done", "provider": name, "account": credential.account, **self.view.lasting(credential)}
+            )
         await response.write_eof()
         return response
 
@@ -302,7 +281,7 @@ class Api:
             )
         fresh = await self.refresher.refresh_now(key, WAIT_LIMIT, asked=True)
         self.refresher.ensure_watched(key)
-        return web.json_response(self._account_state(fresh, provider))
+        return web.json_response(self.view.account_state(fresh, provider))
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(len(self.credentials.all())), content_type="text/plain")
@@ -322,31 +301,6 @@ class Api:
                 login = f" ({provider.login_hint()})" if unreadable.hint.endswith("log in again") else ""
                 raise StoreError(unreadable.message, unreadable.hint + login)
         return provider.name, account
-
-    async def _probe(self, registry: Registry) -> dict[str, str]:
-        """States servers report themselves (local servers: ``ready``/``unreachable``), asked at once."""
-        providers = [p for p in registry if not p.needs_credential]
-        states = await asyncio.gather(*(p.probe(self.refresher.context) for p in providers))
-        return {p.name: state for p, state in zip(providers, states, strict=True) if state}
-
-    def _files_of(self, name: str) -> list[dict[str, Any]]:
-        """The CLI files a provider follows, each with what broker found there."""
-        files = []
-        for state in self.credentials.followed.states.values():
-            if state.spec.provider != name:
-                continue
-            problem = state.problem
-            files.append(
-                {
-                    "path": str(state.spec.path),
-                    "cli": state.spec.cli,
-                    "mode": state.spec.mode,
-                    "account": state.spec.account,
-                    "state": "error" if problem else ("ok" if state.credential else "missing"),
-                    "error": None if problem is None else {"message": problem.message, "hint": problem.hint},
-                }
-            )
-        return files
 
     def token_bytes(self, provider: Provider, credential: Credential) -> bytes:
         """The encoded token answer, reused while credential, provider and ``expires_in`` hold.
@@ -372,56 +326,6 @@ class Api:
         encoded = json.dumps(body).encode()
         self._encoded[credential.key] = (credential, provider, expires_in, encoded)
         return encoded
-
-    def _lasting(self, credential: Credential) -> dict[str, Any]:
-        """How long a login lasts: its expiry, and whether broker can renew it by itself."""
-        expires_at = credential.expires_at
-        return {
-            "expires_at": None if expires_at is None else int(expires_at),
-            "expires_in": None if expires_at is None else int(expires_at - self.clock.now()),
-            "refreshable": credential.provider in self.registry() and self.refresher.refreshable(credential.key),
-        }
-
-    def _account_state(self, credential: Credential, provider: Provider | None = None) -> dict[str, Any]:
-        status = self.refresher.status(credential.key)
-        now = self.clock.now()
-        state = status.state
-        if state == "ready" and credential.remaining(now) <= 0:
-            state = "expired"
-        error = status.last_error
-        default = provider is not None and credential.account == self.credentials.default_account(
-            provider.name, provider.follow.prefer == "file"
-        )
-        return {
-            "account": credential.account,
-            "default": default,
-            "state": state,
-            **self._lasting(credential),
-            "next_refresh_at": None if status.next_refresh_at is None else int(status.next_refresh_at),
-            "source": credential.source,
-            "last_error": _wire(error),
-            "fix": self._fix(credential, provider, state, error),
-        }
-
-    def _fix(
-        self, credential: Credential, provider: Provider | None, state: str, error: BrokerError | None
-    ) -> str | None:
-        """What the person runs when this account needs them; ``None`` when it does not."""
-        if state in ("ready", "refreshing"):
-            return None
-        if error is not None and error.hint:
-            return error.hint
-        if provider is None:
-            return None
-        return hints.relogin(provider, credential.account, self.credentials)
-
-
-def _wire(error: BrokerError | None) -> dict[str, Any] | None:
-    return None if error is None else error.to_wire()["error"]
-
-
-def _overall(accounts: list[dict[str, Any]]) -> str:
-    return str(accounts[0]["state"]) if accounts else "logged_out"
 
 
 def _number(raw: str | None, name: str, default: float) -> float:
