@@ -9,8 +9,8 @@ import os
 
 from broker.core.config import load_settings
 from broker.core.errors import BadRequest
-from broker.daemon.main import configure_logging
-from broker.daemon.main import run as run_daemon
+from broker.daemon.process import configure_logging
+from broker.daemon.process import run as run_daemon
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """Wires the parts into one daemon: store, credentials, refresher, logins, server.
 
-Also the process's life: SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the
-config, and systemd hears READY=1 / STATUS= / STOPPING=1 when it runs us. An edited
-config file is reloaded without SIGHUP: the file is watched, and a request naming a
-provider the daemon does not know first catches up with the file as it is now.
+Its life: ``start`` (systemd hears READY=1 / STATUS=), ``reload`` (SIGHUP, see
+``broker.daemon.process``), ``stop`` (STOPPING=1). An edited config file is reloaded
+without SIGHUP: the file is watched, and a request naming a provider the daemon does
+not know first catches up with the file as it is now.
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ import asyncio
 import base64
 import logging
 import os
-import resource
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,9 +24,8 @@ from aiohttp import web
 from broker.core import paths
 from broker.core.clock import Clock, SystemClock
 from broker.core.config import Settings, load_settings
-from broker.core.errors import BrokerError, ConfigError, StoreError
+from broker.core.errors import ConfigError, StoreError
 from broker.core.model import CredentialKey
-from broker.core.sanitize import printable
 from broker.daemon.api import Api
 from broker.daemon.audit import FILE_NAME as AUDIT_FILE
 from broker.daemon.audit import AuditTrail
@@ -37,14 +33,13 @@ from broker.daemon.credentials import CredentialSet
 from broker.daemon.inflight import InFlight
 from broker.daemon.journal import SECRET_NAME as JOURNAL_SECRET
 from broker.daemon.journal import Journal
-from broker.daemon.log_throttle import Throttle, ThrottleFilter
 from broker.daemon.logins import Logins
 from broker.daemon.metrics import Metrics
 from broker.daemon.proxy.keys import load_or_create_key
 from broker.daemon.proxy.relay import AuthProxy
 from broker.daemon.proxy_api import ProxyRoutes
 from broker.daemon.refresher import Refresher
-from broker.daemon.sdnotify import notify
+from broker.daemon.sdnotify import notify, systemd_socket
 from broker.daemon.server import MAX_REQUEST_BYTES, bind_unix_socket, guarded_routes
 from broker.flows.http import new_session
 from broker.followed.catalog import followed_files
@@ -63,17 +58,6 @@ SHUTDOWN_TIMEOUT = 0.6
 
 An in-flight request gets up to 1.2 s; with the interpreter's exit, SIGTERM-to-exit stays under 2 s.
 """
-
-
-def systemd_socket() -> socket.socket | None:
-    """The listening socket systemd passed (sd_listen_fds(3)), if any."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        return None
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
-    sock = socket.socket(fileno=3)
-    sock.setblocking(False)
-    return sock
 
 
 class Daemon:
@@ -335,88 +319,3 @@ def _journal_key(store: Store) -> bytes:
         encoded = base64.b64encode(secrets.token_bytes(32)).decode()
         store.set_secret(JOURNAL_SECRET, encoded)
     return base64.b64decode(encoded)
-
-
-async def run(settings: Settings) -> int:
-    """``broker serve``: run until SIGTERM or SIGINT."""
-    raise_file_limit()
-    daemon = Daemon(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_loop_error)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    try:
-        await daemon.start()
-    except BrokerError as exc:
-        log.error("cannot start: %s", exc.message)
-        if exc.hint:
-            log.error("hint: %s", exc.hint)
-        return exc.exit_status
-    await stop.wait()
-    await daemon.stop()
-    return 0
-
-
-MAX_OPEN_FILES = 65536
-
-
-def raise_file_limit() -> None:
-    """The soft open-files limit up to the hard one (at most ``MAX_OPEN_FILES``).
-
-    systemd and most shells start processes with a soft limit of 1024: a thousand idle
-    connections (any local user can open them to the proxy) would use them all, and then
-    the owner's socket could accept no one. Raising the soft limit needs no privilege.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-_accept_failures = Throttle(limit=1)
-
-
-def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """asyncio reports a failed accept() once per backlog slot, each with a traceback: one line will do."""
-    exc = context.get("exception")
-    if context.get("message") != "socket.accept() out of system resource" or not isinstance(exc, OSError):
-        loop.default_exception_handler(context)
-        return
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    message = "cannot accept connections: %s (open files limit %d); new ones wait until some close"
-    _accept_failures.log(log, logging.ERROR, message, exc.strerror or exc, limit)
-
-
-def configure_logging(level: str) -> None:
-    """One line per event on stderr; journald adds the time when systemd runs us."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_one_printable_line)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("watchdog").setLevel(
-        logging.INFO
-    )  # a line per inotify event: a log beside a watched file feeds itself
-    logging.getLogger("aiohttp.server").addFilter(_no_request_dumps)
-    logging.getLogger("aiohttp.server").addFilter(ThrottleFilter())  # anyone may send malformed requests
-
-
-def _one_printable_line(record: logging.LogRecord) -> bool:
-    """A message quoting outside text (an account name an upstream chose) cannot forge lines or escapes."""
-    message = record.getMessage()
-    cleaned = printable(message)
-    if cleaned is not message:
-        record.msg, record.args = cleaned, None
-    return True
-
-
-def _no_request_dumps(record: logging.LogRecord) -> bool:
-    """aiohttp logs a malformed request with a traceback quoting its bytes, which may hold a secret."""
-    if record.exc_info and record.exc_info[1] is not None:
-        record.msg, record.args = "refused a malformed request (%s)", (type(record.exc_info[1]).__name__,)
-        record.exc_info, record.exc_text = None, None
-    return True

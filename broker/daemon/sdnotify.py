@@ -1,4 +1,5 @@
-"""sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``."""
+"""systemd's side of a service without libsystemd: sd_notify(3), one datagram to ``$NOTIFY_SOCKET``,
+and sd_listen_fds(3), the listening socket systemd passed."""
 
 from __future__ import annotations
 
@@ -20,3 +21,14 @@ def notify(*lines: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def systemd_socket() -> socket.socket | None:
+    """The listening socket systemd passed (sd_listen_fds(3)), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sock = socket.socket(fileno=3)
+    sock.setblocking(False)
+    return sock
