@@ -3,7 +3,7 @@
 For tools that take only a static base URL and key (Dify, LiteLLM, Ollama-style
 clients): they get the proxy's address and its own key (``broker env NAME --proxy``);
 the proxy swaps that key for the provider's current token and required headers on
-every request and streams the answer back as it arrives (SSE included), so a token
+every request and streams the answer back as it arrives (SSE included, ``stream``), so a token
 that rotates every 25 minutes (Copilot) never reaches the tool.
 
 - Loopback, plus the addresses ``[proxy] extra_addresses`` names (``broker.proxy_listen``).
@@ -12,9 +12,9 @@ that rotates every 25 minutes (Copilot) never reaches the tool.
   forwarded, the connection closed. Until a connection shows a key,
   ``broker.proxy_guard`` keeps it short.
 - The client's auth and hop-by-hop headers are dropped, and so is every header or query
-  parameter carrying the proxy key; the provider's are set.
+  parameter carrying the proxy key; the provider's are set (``rewrite``).
 - A path is checked as the upstream may read it: decoded (repeatedly), ``\\`` as ``/``,
-  ``;parameters`` dropped; a ``.`` or ``..`` segment is refused.
+  ``;parameters`` dropped; a ``.`` or ``..`` segment is refused (``rewrite``).
 - A client that goes away cancels the handler (aiohttp's handler cancellation), and
   with it the upstream request.
 - One log line per request, however it ends (a client that hangs up, an upstream that
@@ -30,28 +30,28 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from aiohttp.helpers import get_env_proxy_for_url
-from multidict import CIMultiDict
 from yarl import URL
 
 from broker.core.config import DEFAULT_HEADER_TIMEOUT
 from broker.core.errors import BadRequest, BrokerError, Forbidden, Unauthorized, UpstreamUnavailable
 from broker.core.model import Credential
-from broker.core.sanitize import printable, upstream_text
+from broker.core.sanitize import printable
 from broker.daemon.caller_policy import restricted
 from broker.daemon.callers import Peer
 from broker.daemon.log_throttle import Throttle
 from broker.daemon.metrics import ProxyMetrics
 from broker.daemon.proxy.guard import Guard, GuardedSite, seats
-from broker.daemon.proxy.keys import KEY_HEADERS, presented_keys, query_without_key, same_key
+from broker.daemon.proxy.keys import presented_keys, query_without_key, same_key
 from broker.daemon.proxy.leases import Leases
 from broker.daemon.proxy.listen import listening_socket, url_host
+from broker.daemon.proxy.rewrite import climbs_out, upstream_headers, with_query
+from broker.daemon.proxy.stream import Exchange, reason, relay
 from broker.daemon.server import error_response
 from broker.providers.base import Provider
 from broker.providers.registry import Registry
@@ -66,18 +66,9 @@ READ_TIMEOUT = 600.0
 """Longest silence between two pieces of an answer (a model may think for minutes)."""
 SHUTDOWN_TIMEOUT = 0.6
 """As the socket server's: the daemon stops both together and must be gone within 2 s."""
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
-     "upgrade", "host", "content-length"}
-)  # fmt: skip
-"""RFC 9110 §7.6.1 connection-specific fields, plus what aiohttp sets itself."""
-CLIENT_AUTH = frozenset({"authorization", *KEY_HEADERS})
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
-CLIENT_CLOSED = 499
-"""The status logged and counted when the client hung up before any answer (nginx's convention)."""
 SHOWN_PATH = 200
 """Characters of a request's path a log line shows."""
-MAX_DECODINGS = 4
 
 FreshToken = Callable[[str, str | None, float, Peer], Awaitable[tuple[Provider, Credential]]]
 """``(provider, account, min_ttl, peer) -> (provider, credential)``: what ``/v1/token`` serves."""
@@ -272,9 +263,9 @@ class AuthProxy:
         base_url = served.get("base_url")
         if not base_url:
             raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
-        query = _query(query_without_key(query, key), served.get("query") or {})
+        query = with_query(query_without_key(query, key), served.get("query") or {})
         url = URL(f"{str(base_url).rstrip('/')}/{tail}" + query, encoded=True)
-        headers = _upstream_headers(request.headers, served, credential.access_token, key)
+        headers = upstream_headers(request.headers, served, credential.access_token, key)
         body = await request.read()
         exchange.sent = len(body)
         assert self._session is not None
@@ -291,16 +282,16 @@ class AuthProxy:
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = _reason(exc)
-            exchange.status, exchange.ending = 502, f"upstream {url.host} unreachable: {reason}"
+            why = reason(exc)
+            exchange.status, exchange.ending = 502, f"upstream {url.host} unreachable: {why}"
             down = UpstreamUnavailable(
-                f"{name}: the upstream at {url.host} did not answer ({reason})",
+                f"{name}: the upstream at {url.host} did not answer ({why})",
                 "check that the service is up and reachable from this machine (network, HTTPS_PROXY)",
             )
             return error_response(down, status=502)
         self.metrics.upstream_answered(exchange.provider, time.monotonic() - asked)
         exchange.status = upstream.status
-        return await _relay(request, upstream, exchange, lambda: self._done(exchange))
+        return await relay(request, upstream, exchange, lambda: self._done(exchange))
 
     def _route(self, url: URL, configured: str | None) -> tuple[URL | None, aiohttp.BasicAuth | None]:
         """The HTTP proxy to reach ``url`` through: the provider's, else the environment's.
@@ -363,138 +354,6 @@ class AuthProxy:
             host, port = transport.get_extra_info("peername")[:2]
             peer = self._peers[transport] = Peer("proxy", address=f"{host}:{port}")
         return peer
-
-
-@dataclass
-class Exchange:
-    """What one proxied request did, for its log line and the metrics."""
-
-    method: str
-    shown: str
-    """The path as a log line shows it."""
-    provider: str
-    """The metrics label: the provider, or "" for a name the registry does not know."""
-    account: str | None = None
-    status: int = 0
-    sent: int = 0
-    received: int = 0
-    cut_by: str = ""
-    """``client`` or ``upstream`` when that side broke the answer off."""
-    ending: str = ""
-    """Why the answer is not whole, for the log line."""
-    logged: bool = False
-    started: float = field(default_factory=time.monotonic)
-
-    def cut_short(self, by: str, why: str) -> None:
-        if not self.cut_by:
-            self.cut_by, self.ending = by, f"{why} after {self.received} bytes"
-        if by == "client" and not self.status:
-            self.status = CLIENT_CLOSED  # before the upstream answered
-
-
-class _Streamed(web.StreamResponse):
-    """A streamed answer whose head goes out with its first piece, in one write (aiohttp's opt-in, as ``Response``)."""
-
-    _send_headers_immediately = False
-
-
-async def _relay(
-    request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange, done: Callable[[], None]
-) -> web.StreamResponse:
-    """The upstream's answer: in one piece when it came whole with its head, else piece by piece as it arrives."""
-    finished = False
-    headers = CIMultiDict((h, v) for h, v in upstream.headers.items() if h.lower() not in HOP_BY_HOP)
-    response: web.StreamResponse = _Streamed(status=upstream.status, reason=upstream.reason, headers=headers)
-    try:
-        try:
-            first = await upstream.content.readany()
-            if upstream.content.at_eof():  # a whole answer (a completion, an error): one write, with its length
-                exchange.received = len(first)
-                done()
-                finished = True
-                return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=first)
-            await response.prepare(request)  # no Content-Length: the answer goes out chunked
-            await response.write(first)
-            exchange.received += len(first)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-                exchange.received += len(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            exchange.cut_short("upstream", f"upstream broke off ({_reason(exc)})")
-            if not response.prepared:  # nothing sent yet: the client can still be told
-                exchange.status = 502
-                down = UpstreamUnavailable(f"{exchange.provider or 'the provider'}: the upstream broke off its answer")
-                return error_response(down, status=502)
-            if request.transport is not None:
-                request.transport.close()  # the client must see a cut answer, not a complete one
-            return response
-        done()  # before the last chunk: a client holding the whole answer finds the log line written
-        await response.write_eof()
-        finished = True
-    except ConnectionResetError:  # the client went away while a piece was being written
-        exchange.cut_short("client", "client hung up")
-        return response
-    finally:
-        if finished:
-            upstream.release()
-        else:
-            upstream.close()  # client gone or upstream cut: drop the connection, which cancels upstream
-    return response
-
-
-def _upstream_headers(
-    incoming: Mapping[str, str], served: Mapping[str, Any], token: str, proxy_key: str
-) -> CIMultiDict[str]:
-    """The client's headers without hop-by-hop, auth or proxy-key-carrying ones; the provider's auth and headers."""
-    provider_headers: Mapping[str, str] = served.get("headers") or {}
-    named_by_connection = {h.strip().lower() for h in incoming.get("Connection", "").split(",") if h.strip()}
-    dropped = HOP_BY_HOP | CLIENT_AUTH | named_by_connection | {h.lower() for h in provider_headers}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for header, value in incoming.items():
-        if header.lower() not in dropped and proxy_key not in value:
-            headers.add(header, value)
-    headers.update(provider_headers)
-    auth = served.get("auth", "bearer")
-    if auth == "bearer":
-        headers["Authorization"] = f"Bearer {token}"
-    elif auth in ("x-api-key", "api-key"):
-        headers[auth] = token
-    return headers
-
-
-def _query(client_query: str, required: Mapping[str, str]) -> str:
-    """The client's query string as sent, plus the provider's parameters it does not set itself."""
-    given = {name for name, _ in parse_qsl(client_query, keep_blank_values=True)}
-    extra = urlencode({k: v for k, v in required.items() if k not in given})
-    joined = "&".join(part for part in (client_query, extra) if part)
-    return f"?{joined}" if joined else ""
-
-
-def climbs_out(tail: str) -> bool:
-    """A ``.`` or ``..`` segment however spelt: percent-encoded (even twice), ``\\`` as separator, ``..;/``.
-
-    The upstream, or a server behind it, may decode once more, split on backslashes or drop
-    ``;parameters``; what any of them could read as a step up is refused. So is a NUL.
-    """
-    decoded = tail
-    for _ in range(MAX_DECODINGS):
-        once = unquote(decoded)
-        if once == decoded:
-            break
-        decoded = once
-    else:
-        return True  # still encoded after that many rounds: nobody legitimate does this
-    segments = decoded.replace("\\", "/").split("/")
-    return "\0" in decoded or any(segment.split(";", 1)[0] in (".", "..") for segment in segments)
-
-
-def _reason(exc: BaseException) -> str:
-    """Why an upstream failed, in words safe to log and answer with (they may quote the upstream)."""
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return upstream_text(exc.os_error.strerror or exc.os_error)
-    return upstream_text(exc) or type(exc).__name__
 
 
 @web.middleware
