@@ -456,6 +456,45 @@ def test_locator_finds_headers_dotted_keys_and_inline_tables(
     assert ConfigSource(None, LOCATOR).line_of(table, key) == line
 
 
+LOOKALIKES = """\
+[t]
+matrix = [
+  ["fake"],
+  [1, 2]
+]
+note = \"\"\"\\
+  [fake]
+  _line_3 = 1
+\"\"\"
+[a.b.c]
+x = 1
+[a]
+y = 2
+"""
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize(
+    ("table", "key", "line"),
+    [
+        (("t",), "matrix", 2),
+        (("t",), "note", 6),
+        (("fake",), None, 1),
+        (("t",), "_line_3", 1),
+        (("a", "b", "c"), "x", 11),
+        (("a", "b"), None, 10),
+        (("a",), None, 12),
+        (("a",), "y", 13),
+    ],
+)
+def test_locator_is_not_fooled_by_headers_and_keys_inside_values(
+    newline: str, table: tuple[str, ...], key: str | None, line: int
+) -> None:
+    text = LOOKALIKES.replace("\n", newline)
+    assert "fake" not in tomllib.loads(text)
+    assert ConfigSource(None, text).line_of(table, key) == line
+
+
 def test_locator_decodes_escapes_in_quoted_keys() -> None:
     source = ConfigSource(None, '\n[t]\n"caf\\u00e9" = 1\n')
     assert source.line_of(("t",), "café") == 3
@@ -550,6 +589,14 @@ def test_socket_lookup_reports_a_broken_daemon_table(env: dict[str, str]) -> Non
 def test_socket_lookup_validates_a_file_that_may_set_the_socket(env: dict[str, str]) -> None:
     write_config(env, "[daemon]\nsocket = 5\n")
     with pytest.raises(ConfigError, match=r":2: daemon\.socket: must be a string"):
+        socket_path_from_env(env)
+
+
+def test_socket_lookup_puts_a_bad_socket_on_its_line_when_another_table_does_not_parse(
+    env: dict[str, str],
+) -> None:
+    write_config(env, "[store]\nbroken\n[daemon]\nsocket = 5\n")
+    with pytest.raises(ConfigError, match=r"conf\.toml:4: daemon\.socket: must be a string"):
         socket_path_from_env(env)
 
 

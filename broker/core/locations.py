@@ -82,7 +82,7 @@ def _socket_from_file(env: Mapping[str, str], path: str) -> str:
     except OSError as exc:
         _unreadable(env, exc)
     text = raw.decode("utf-8", "replace")  # a bad byte elsewhere is the daemon's to report
-    daemon = _daemon_table(text, path, env)
+    daemon, text = _daemon_table(text, path, env)
     value = daemon.get("socket") if isinstance(daemon, dict) else None
     if value is None and (daemon is None or isinstance(daemon, dict)):
         _remember(env, path, info, None, started_ns)
@@ -171,16 +171,21 @@ def _unreadable(env: Mapping[str, str], exc: OSError) -> NoReturn:
     raise exc
 
 
-def _daemon_table(text: str, path: str, env: Mapping[str, str]) -> Any:
-    """The ``daemon`` value of the document, parsed by tomllib; the table alone if the file does not parse."""
+def _daemon_table(text: str, path: str, env: Mapping[str, str]) -> tuple[Any, str]:
+    """The ``daemon`` value of the document, and the text it was parsed from.
+
+    That is the file, or its ``[daemon]`` lines alone if the file does not parse: the text
+    an error's line is then looked for in (the locator reads only text that parses).
+    """
     import tomllib
 
     try:
-        return tomllib.loads(text).get("daemon")
+        return tomllib.loads(text).get("daemon"), text
     except tomllib.TOMLDecodeError:
         pass
+    lines = _daemon_lines(text)
     try:
-        return tomllib.loads(_daemon_lines(text)).get("daemon")
+        return tomllib.loads(lines).get("daemon"), lines
     except tomllib.TOMLDecodeError:
         from pathlib import Path
 

@@ -1,8 +1,10 @@
 """The config file's text, parsed by tomllib, with a locator that puts an error on its line.
 
-tomllib gives positions only for syntax errors, so semantic errors are placed by a small
-best-effort scan of the source text (``ConfigSource.line_of``), run only when an error
-needs a line. Stdlib only; tomllib is imported when a file is parsed.
+tomllib gives positions only for syntax errors. A bad value is placed by a small locator
+(``ConfigSource.line_of``) that lets tomllib itself say which lines start a statement and
+which keys each one writes, so no second TOML reader has to be kept right; it runs only
+when an error needs a line. A key inside an inline table is placed on the line its
+statement starts on. Stdlib only; tomllib is imported when a file is parsed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,190 +65,113 @@ class ConfigSource:
         Falls back to the nearest enclosing table that the text defines, then to line 1.
         """
         target = (*table, key) if key is not None else table
-        explicit, implied = self._index
         for size in range(len(target), 0, -1):
             prefix = target[:size]
-            offset = explicit.get(prefix, implied.get(prefix))
-            if offset is not None:
-                return bisect_right(self._newlines, offset - 1) + 1
+            line = self._lines.explicit.get(prefix, self._lines.implied.get(prefix))
+            if line is not None:
+                return line
         return 1
 
     @functools.cached_property
-    def _newlines(self) -> list[int]:
-        return [m.start() for m in re.finditer("\n", self.text)]
-
-    @functools.cached_property
-    def _index(self) -> tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], int]]:
-        scan = _Scan(self.text)
+    def _lines(self) -> _Lines:
         try:
-            scan.document()
-        except Exception:  # a locator must never hide the real error; keep what it found
-            return scan.explicit, scan.implied
-        return scan.explicit, scan.implied
+            return _locate(self.text)
+        except Exception:  # a locator must never hide the real error: then no line is known
+            return _Lines()
 
 
-_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\", "e": "\x1b"}
+@dataclass
+class _Lines:
+    """The 1-based line where each key path is first written, and where each table first appears."""
 
+    explicit: dict[tuple[str, ...], int] = field(default_factory=dict)
+    implied: dict[tuple[str, ...], int] = field(default_factory=dict)
 
-class _Scan:
-    """Records the offset where each key path is first written (headers, dotted keys,
-    inline tables). Tolerant: anything it does not understand skips to the next line."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.i = 0
-        self.explicit: dict[tuple[str, ...], int] = {}
-        self.implied: dict[tuple[str, ...], int] = {}
-
-    def record(self, path: tuple[str, ...], offset: int) -> None:
-        """``path`` is written at ``offset``; its parent tables exist from there on."""
+    def record(self, path: tuple[str, ...], line: int) -> None:
         for size in range(1, len(path)):
-            self.implied.setdefault(path[:size], offset)
-        self.explicit.setdefault(path, offset)
+            self.implied.setdefault(path[:size], line)
+        self.explicit.setdefault(path, line)
 
-    def peek(self) -> str:
-        return self.text[self.i] if self.i < len(self.text) else ""
-
-    def skip_space(self, *, newlines: bool = False) -> None:
-        text = self.text
-        while self.i < len(text):
-            c = text[self.i]
-            if c in " \t\r" or (newlines and c == "\n"):
-                self.i += 1
-            elif newlines and c == "#":
-                self.skip_line()
+    def record_keys(self, table: tuple[str, ...], written: Mapping[str, Any], line: int) -> None:
+        """A key/value line: its (dotted) key, and the keys of the inline tables in its value."""
+        for key, value in written.items():
+            if isinstance(value, dict) and value:
+                self.record_keys((*table, key), value, line)
             else:
-                return
-
-    def skip_line(self) -> None:
-        end = self.text.find("\n", self.i)
-        self.i = len(self.text) if end < 0 else end + 1
-
-    def document(self) -> None:
-        table: tuple[str, ...] = ()
-        while True:
-            self.skip_space(newlines=True)
-            if self.i >= len(self.text):
-                return
-            start = self.i
-            if self.peek() == "[":
-                self.i += 2 if self.text.startswith("[[", self.i) else 1
-                key = self.key()
-                if key is not None:
-                    table = key
-                    self.record(key, start)
-            else:
-                key = self.key()
-                if key is not None and self.peek() == "=":
-                    self.i += 1
-                    self.record(table + key, start)
-                    self.value(table + key)
-            self.skip_line()
-
-    def key(self) -> tuple[str, ...] | None:
-        parts: list[str] = []
-        while True:
-            self.skip_space()
-            c = self.peek()
-            if c == '"' or c == "'":
-                parts.append(self.string(c))
-            elif c and c in _BARE_KEY:
-                start = self.i
-                while self.peek() and self.peek() in _BARE_KEY:
-                    self.i += 1
-                parts.append(self.text[start : self.i])
-            else:
-                return None
-            self.skip_space()
-            if self.peek() != ".":
-                return tuple(parts)
-            self.i += 1
-
-    def string(self, quote: str) -> str:
-        """A one-line string at ``self.i``, decoded as well as this scan can."""
-        self.i += 1
-        out: list[str] = []
-        text = self.text
-        while self.i < len(text) and text[self.i] not in (quote, "\n"):
-            c = text[self.i]
-            self.i += 1
-            if c == "\\" and quote == '"' and self.i < len(text):
-                out.append(self.escape())
-            else:
-                out.append(c)
-        if self.peek() == quote:
-            self.i += 1
-        return "".join(out)
-
-    def escape(self) -> str:
-        c = self.text[self.i]
-        self.i += 1
-        if c in _ESCAPES:
-            return _ESCAPES[c]
-        width = {"u": 4, "U": 8, "x": 2}.get(c)
-        if width is not None:
-            digits = self.text[self.i : self.i + width]
-            try:
-                char = chr(int(digits, 16))
-            except ValueError:
-                return "\\" + c
-            self.i += width
-            return char
-        return "\\" + c
-
-    def value(self, path: tuple[str, ...] | None) -> None:
-        """Skip one value; inside an inline table, record its keys under ``path``."""
-        self.skip_space()
-        text, c = self.text, self.peek()
-        if c == "{":
-            self.i += 1
-            while self.i < len(text):
-                self.skip_space(newlines=True)
-                if self.peek() in ("}", ""):
-                    self.i += 1
-                    return
-                if self.peek() == ",":
-                    self.i += 1
-                    continue
-                start = self.i
-                key = self.key()
-                if key is None or self.peek() != "=":
-                    return
-                self.i += 1
-                if path is not None:
-                    self.record(path + key, start)
-                self.value(None if path is None else path + key)
-        elif c == "[":
-            self.i += 1
-            while self.i < len(text):
-                self.skip_space(newlines=True)
-                if self.peek() == "]":
-                    self.i += 1
-                    return
-                before = self.i
-                if self.peek() == ",":
-                    self.i += 1
-                else:
-                    self.value(None)  # tables in arrays have no path a Section can ask for
-                if self.i == before:
-                    self.i += 1
-        elif text.startswith(('"""', "'''"), self.i):
-            delimiter = text[self.i : self.i + 3]
-            self.i += 3
-            while self.i < len(text) and not text.startswith(delimiter, self.i):
-                self.i += 2 if delimiter == '"""' and text[self.i] == "\\" else 1
-            self.i += 3
-            while self.peek() == delimiter[0]:  # up to two quotes may end the content
-                self.i += 1
-        elif c == '"' or c == "'":
-            self.string(c)
-        else:
-            while self.i < len(text) and text[self.i] not in ",]}#\n":
-                self.i += 1
+                self.record((*table, key), line)
 
 
-# --- tables and typed getters -------------------------------------------------------------
+def _locate(text: str) -> _Lines:
+    """Where the keys of a document are written, with tomllib deciding what is a statement.
+
+    Each line that may start a statement gets a probe header ``[PROBEn]`` before it. Before
+    a statement the probe table holds that statement's keys (nothing, for a header); inside
+    a multi-line string the probe is text and defines nothing; inside a multi-line array it
+    is a syntax error on its own line, and that line is not probed again.
+    """
+    lines = text.split("\n")
+    probe = "_line_"
+    while probe in text:
+        probe += "_"
+    starts = [n for n, line in enumerate(lines) if _may_start_statement(line.lstrip())]
+    document = _parse_probed(lines, starts, probe)
+    found = _Lines()
+    table: tuple[str, ...] = ()
+    for n in starts:
+        written = document.get(f"{probe}{n}")
+        if written:
+            found.record_keys(table, written, n + 1)
+        elif written is not None:  # an empty probe: a header follows
+            table = _header(lines[n])
+            found.record(table, n + 1)
+    return found
+
+
+def _parse_probed(lines: list[str], starts: list[int], probe: str) -> dict[str, Any]:
+    """The document with probes before ``starts``, less those found inside arrays (dropped from ``starts``)."""
+    import tomllib
+
+    while True:
+        probed, probe_lines = _with_probes(lines, set(starts), probe)
+        try:
+            return tomllib.loads(probed)
+        except tomllib.TOMLDecodeError as exc:
+            position = _POSITION.search(str(exc))
+            inside = probe_lines.get(int(position.group(1))) if position and position.group(1) else None
+            if inside is None:
+                return {}  # the text itself does not parse: no line is known
+            starts.remove(inside)
+
+
+def _may_start_statement(line: str) -> bool:
+    return line.startswith("[") or ("=" in line and not line.startswith(("#", "{")))
+
+
+def _with_probes(lines: list[str], starts: set[int], probe: str) -> tuple[str, dict[int, int]]:
+    """The text with a probe header before each line of ``starts``, and which line each probe is on."""
+    out: list[str] = []
+    probe_lines: dict[int, int] = {}
+    for n, line in enumerate(lines):
+        if n in starts:
+            out.append(f"[{probe}{n}]")
+            probe_lines[len(out)] = n
+        out.append(line)
+    return "\n".join(out), probe_lines
+
+
+def _header(line: str) -> tuple[str, ...]:
+    """The table path of a header line, ``[a."b.c"]`` or ``[[a.b]]``, as tomllib reads it."""
+    import tomllib
+
+    node: Any = tomllib.loads(line.strip())
+    path: tuple[str, ...] = ()
+    while isinstance(node, dict) and len(node) == 1:
+        ((key, node),) = node.items()
+        path = (*path, key)
+    return path
+
+
+# --- reading and parsing the file ---------------------------------------------------------
 
 
 def read_source(env: Mapping[str, str] = os.environ) -> ConfigSource:
