@@ -21,12 +21,12 @@ from broker.daemon import hints
 from broker.daemon.audit import AuditTrail
 from broker.daemon.journal import Journaled, StaleJournal, uncertain
 from broker.daemon.metrics import Metrics
-from broker.daemon.refresher import adoption
 from broker.daemon.refresher.recovery import Outcome, Recovery
 from broker.daemon.refresher.status import Status
-from broker.daemon.refresher.timing import backoff_delay
+from broker.daemon.refresher.timing import backoff_delay, refresh_lead
 from broker.daemon.refresher.upkeep import Upkeep
 from broker.flows.errors import FlowError, TransportError
+from broker.followed import adoption
 from broker.providers.base import Provider
 from broker.providers.upstream_errors import to_broker_error
 
@@ -118,12 +118,13 @@ class Attempts:
         replay = await self.recovery.journaled_answer(key) if recover else None
         # A CLI holding its own lock is refreshing this very token: wait, then re-read its file.
         await held.enter_async_context(upkeep.credentials.cli_lock(key))
-        adopted = await adoption.newer_in_file(upkeep, key, credential)
+        adopted = await self._newer_in_file(credential)
         if adopted is not None:
             return adopted, None
         credential = upkeep.credentials.get(key) or credential  # as the file holds it now
         if replay is None:
-            await adoption.check_uncontested(upkeep, key, credential, self.redeem_bound, asked)
+            followed, now = upkeep.credentials.followed, upkeep.clock.now()
+            await adoption.check_uncontested(followed, key, credential, now, self.redeem_bound, asked)
         await self.recovery.record_in_flight(key, held, outcome)
         try:
             return credential, await self._call_provider(provider, credential, replay)
@@ -134,13 +135,27 @@ class Attempts:
             return credential, None  # the credential is past that answer already: nothing to do
         except LoginRequired as dead:
             outcome.settled = True
-            adopted = await adoption.newer_in_file(upkeep, key, credential, any_change=True)
+            adopted = await self._newer_in_file(credential, any_change=True)
             if adopted is None:
                 raise self._dead_login(key, dead) from None
             return adopted, None
         except BrokerError:
             outcome.settled = True  # an answer, or a request that never left
             raise
+
+    async def _newer_in_file(self, credential: Credential, *, any_change: bool = False) -> Credential | None:
+        """The followed file's newer credential when it spares this refresh: it outlives the
+        refresh lead, or (after a dead-grant answer) it changed at all."""
+        upkeep = self.upkeep
+        now = upkeep.clock.now()
+
+        def spares_refresh(latest: Credential) -> bool:
+            return any_change or latest.remaining(now) > refresh_lead(latest, upkeep.margin)
+
+        credentials = upkeep.credentials
+        return await adoption.newer_in_file(
+            credentials.followed, credentials.reread, credential.key, credential, spares_refresh
+        )
 
     async def _keep(self, fresh: Credential, base: Credential, outcome: Outcome, status: Status) -> Credential | None:
         """Store the new tokens (or write them back); ``None`` when a logout or a new login came meanwhile.
@@ -183,7 +198,7 @@ class Attempts:
                 "replaced the refresh token: the new one was lost)",
                 error.hint,
             )
-        return adoption.dead_in_file(self.upkeep.credentials, key, error)
+        return adoption.dead_in_file(self.upkeep.credentials.followed, key, error)
 
     async def _call_provider(self, provider: Provider, credential: Credential, replay: Journaled | None) -> Credential:
         """The provider's refresh, with a few quick retries for transient faults."""

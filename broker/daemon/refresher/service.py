@@ -15,7 +15,6 @@ from broker.daemon.credentials import CredentialSet
 from broker.daemon.inflight import InFlight
 from broker.daemon.journal import Journal
 from broker.daemon.metrics import Metrics
-from broker.daemon.refresher import adoption
 from broker.daemon.refresher.attempt import Attempts
 from broker.daemon.refresher.recovery import Recovery
 from broker.daemon.refresher.scheduler import Scheduler
@@ -23,6 +22,7 @@ from broker.daemon.refresher.single_flight import SingleFlight, wait_at_most
 from broker.daemon.refresher.status import STOPPED, Status
 from broker.daemon.refresher.timing import reachable_ttl
 from broker.daemon.refresher.upkeep import Upkeep
+from broker.followed import adoption
 from broker.providers.base import ProviderContext
 from broker.providers.registry import Registry
 
@@ -198,7 +198,7 @@ class Refresher:
         return await self.upkeep.statuses.wait(key, predicate)
 
     def _cannot_refresh(self, credential: Credential) -> BrokerError:
-        followed_only = adoption.only_followed(self.credentials, credential)
+        followed_only = adoption.only_followed(self.credentials.followed, credential)
         if followed_only is not None:
             return followed_only
         return LoginRequired(

@@ -1,40 +1,47 @@
 """A followed CLI file around a refresh: adopt what the CLI wrote, and never redeem what it may redeem too.
 
-This lives in the refresher, not in ``broker.followed``: re-reading the file changes the
-live set the daemon serves (``CredentialSet.reread``, which wakes status streams), and
-whether a newer file spares a refresh is the refresher's timing; ``broker.followed``
-sits below the daemon and knows neither. What it needs of the file (its state, the CLI's
-window, the CLI's processes) it asks ``broker.followed``.
+The rules are the file's, so they live beside its formats: when a file's newer tokens
+replace a refresh, when a CLI may be redeeming the same refresh token, how a dead login in
+a file is revived. What belongs to the daemon is handed in: re-reading the file through
+the live set (which wakes status streams) and the refresher's timing, which decides
+whether a newer credential spares the refresh.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from broker.core.errors import LeftToCli, LoginRequired, RefreshFailed
 from broker.core.model import Credential, CredentialKey
-from broker.daemon.credentials import CredentialSet
-from broker.daemon.refresher.timing import refresh_lead
-from broker.daemon.refresher.upkeep import Upkeep
 from broker.followed import cliprocs
-from broker.followed.files import detached
+from broker.followed.files import FileState, FollowedFiles, detached
 
 log = logging.getLogger("broker.refresher")
 
+Reread = Callable[[Path], Awaitable[tuple[FileState, bool]]]
+"""Re-read a followed file into the daemon's live set; the file's state and whether it changed."""
+
 
 async def newer_in_file(
-    upkeep: Upkeep, key: CredentialKey, credential: Credential, *, any_change: bool = False
+    followed: FollowedFiles,
+    reread: Reread,
+    key: CredentialKey,
+    credential: Credential,
+    spares_refresh: Callable[[Credential], bool],
 ) -> Credential | None:
     """For a followed file: the CLI's newer credential when it already did the work.
 
     Re-read just before redeeming a refresh token: if the CLI refreshed first, its
-    tokens are used (and its refresh token is not spent twice). After a dead-grant
-    answer, any change in the file counts: the CLI may have logged in again.
+    tokens are used (and its refresh token is not spent twice) when ``spares_refresh``
+    says they are fresh enough; after a dead-grant answer any change counts, for the
+    CLI may have logged in again.
     """
-    state = upkeep.credentials.followed.state_of(key)
+    state = followed.state_of(key)
     if state is None:
         return None
-    state, _ = await upkeep.credentials.reread(state.spec.path)
+    state, _ = await reread(state.spec.path)
     latest = state.credential
     if latest is None:
         problem = state.problem
@@ -44,14 +51,14 @@ async def newer_in_file(
         )
     if latest == credential:
         return None
-    if any_change or latest.remaining(upkeep.clock.now()) > refresh_lead(latest, upkeep.margin):
+    if spares_refresh(latest):
         log.info("using the tokens the CLI wrote provider=%s file=%s", key[0], state.spec.path)
         return latest
     return None
 
 
 async def check_uncontested(
-    upkeep: Upkeep, key: CredentialKey, credential: Credential, redeem_bound: float, asked: bool
+    followed: FollowedFiles, key: CredentialKey, credential: Credential, now: float, redeem_bound: float, asked: bool
 ) -> None:
     """Raise LeftToCli when the followed file's CLI may redeem this refresh token at the same moment.
 
@@ -64,11 +71,11 @@ async def check_uncontested(
     writes, and redeems only when a person asks (``broker refresh``) while no process of
     that CLI is running.
     """
-    state = upkeep.credentials.followed.state_of(key)
+    state = followed.state_of(key)
     spec = None if state is None else state.spec
     if spec is None or spec.contested_within is None or spec.mode != "lead":
         return
-    left = credential.remaining(upkeep.clock.now())
+    left = credential.remaining(now)
     if left > spec.contested_within + redeem_bound:
         return
     running = await detached(cliprocs.running, spec.programs, spec.locate, spec.path)
@@ -93,18 +100,18 @@ async def check_uncontested(
     raise error
 
 
-def dead_in_file(credentials: CredentialSet, key: CredentialKey, error: LoginRequired) -> LoginRequired:
+def dead_in_file(followed: FollowedFiles, key: CredentialKey, error: LoginRequired) -> LoginRequired:
     """A dead login of a followed file says which file, and how its CLI logs in again."""
-    state = credentials.followed.state_of(key)
+    state = followed.state_of(key)
     if state is None:
         return error
     return LoginRequired(f"{error.message} (in {state.spec.path})", state.spec.login_hint)
 
 
-def only_followed(credentials: CredentialSet, credential: Credential) -> RefreshFailed | None:
+def only_followed(followed: FollowedFiles, credential: Credential) -> RefreshFailed | None:
     """An expired token broker may not refresh because it only follows the CLI's file; ``None`` otherwise."""
     name = credential.provider
-    state = credentials.followed.state_of(credential.key)
+    state = followed.state_of(credential.key)
     if state is None or state.spec.mode != "follow":
         return None
     return RefreshFailed(
