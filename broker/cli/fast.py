@@ -1,9 +1,11 @@
 """``broker token`` and completion's name lookups, parsed without argparse.
 
 argparse, gettext, locale and shutil cost ~15 ms, a quarter of ``$(broker token x)``.
-This reads the common forms, global options anywhere included; anything else (help,
-mistakes, other commands) returns None and goes to argparse, which stays the one
-definition of the interface (``broker.cli.parser``).
+This reads the common forms, global options anywhere included, in one pass as argparse
+does; anything else (help, mistakes, other commands, a value that looks like an option)
+returns None and goes to argparse, which stays the one definition of the interface
+(``broker.cli.parser``). tests/test_cli_fast_path.py checks that whatever this accepts,
+argparse reads the same.
 """
 
 from __future__ import annotations
@@ -13,71 +15,67 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-GLOBAL_VALUES = ("--socket", "--config")
-TOKEN_VALUES = ("--account", "--min-ttl")
+GLOBAL_VALUES = {"--socket": "socket", "--config": "config"}
+TOKEN_VALUES = {"--account": "account", "--min-ttl": "min_ttl"}
 
 
 def fast_args(argv: Sequence[str]) -> argparse.Namespace | None:
     found: dict[str, object] = {"socket": None, "config": None, "no_color": False}
-    words = _without_globals(argv, found)
-    if words is None or not words:
-        return None
-    if words[0] == "token":
-        values = _token(words[1:])
-    elif words[0] == "__complete":
-        values = {"what": words[1:]}
-    else:
-        return None
-    if values is None:
+    words = list(argv)
+    if "__complete" in words[:1]:
+        found.update(command="__complete", what=words[1:])
+    elif not _read_token(words, found):
         return None
     from types import SimpleNamespace
 
-    return SimpleNamespace(command=words[0], **found, **values)  # type: ignore[return-value]
+    return SimpleNamespace(**found)  # type: ignore[return-value]
 
 
-def _without_globals(argv: Sequence[str], found: dict[str, object]) -> list[str] | None:
-    """``argv`` with the global options taken out into ``found``; None when one lacks its value."""
-    words: list[str] = []
-    rest = list(argv)
-    while rest:
-        word = rest.pop(0)
+def _read_token(words: list[str], found: dict[str, object]) -> bool:
+    """``[GLOBALS] token [GLOBALS] NAME [--json] [--account A] [--min-ttl S]``, globals anywhere."""
+    positional: list[str] = []
+    while words:
+        word = words.pop(0)
         name, equals, value = word.partition("=")
-        if name in GLOBAL_VALUES:
-            if not equals:
-                if not rest:
-                    return None
-                value = rest.pop(0)
-            found[name[2:]] = value
-        elif word == "--no-color":
+        key = GLOBAL_VALUES.get(name) or (TOKEN_VALUES.get(name) if positional else None)
+        if word == "--no-color":
             found["no_color"] = True
+        elif word == "--json" and positional:
+            found["json"] = True
+        elif key is not None:
+            read = value if equals else _separate_value(words)
+            if read is None:
+                return False
+            found[key] = read
+        elif word.startswith("-") or len(positional) == 2:
+            return False
+        elif positional or word == "token":
+            positional.append(word)
         else:
-            words.append(word)
-    return words
+            return False
+    if len(positional) != 2 or not _min_ttl(found):
+        return False
+    found.update(command="token", provider=positional[1])
+    found.setdefault("json", False)
+    found.setdefault("account", None)
+    return True
 
 
-def _token(words: list[str]) -> dict[str, object] | None:
-    """``NAME [--json] [--account A] [--min-ttl S]`` in any order after NAME."""
-    if not words or words[0].startswith("-"):
+def _min_ttl(found: dict[str, object]) -> bool:
+    """``--min-ttl`` as a number, as argparse's ``type=float`` reads it; False when it is not one."""
+    given = found.get("min_ttl")
+    if given is None:
+        found["min_ttl"] = None
+        return True
+    try:
+        found["min_ttl"] = float(str(given))
+    except ValueError:
+        return False
+    return True
+
+
+def _separate_value(rest: list[str]) -> str | None:
+    """The next word as an option's value; None (argparse decides) when there is none or it looks like an option."""
+    if not rest or rest[0].startswith("-"):
         return None
-    values: dict[str, object] = {"provider": words[0], "json": False, "account": None, "min_ttl": None}
-    rest = words[1:]
-    while rest:
-        flag = rest.pop(0)
-        name, equals, value = flag.partition("=")
-        if flag == "--json":
-            values["json"] = True
-            continue
-        if name not in TOKEN_VALUES:
-            return None
-        if not equals:
-            if not rest:
-                return None
-            value = rest.pop(0)
-        if name == "--account":
-            values["account"] = value
-        else:
-            try:
-                values["min_ttl"] = float(value)
-            except ValueError:
-                return None
-    return values
+    return rest.pop(0)
