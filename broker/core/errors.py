@@ -29,13 +29,32 @@ if TYPE_CHECKING:
     from typing import Any, ClassVar
 
 
+_BY_CODE: dict[str, type[BrokerError]] = {}
+"""Every error class by its wire code, filled as the classes are declared."""
+
+
 class BrokerError(Exception):
-    """Base of every error broker reports to a person or a client."""
+    """Base of every error broker reports to a person or a client.
+
+    A subclass declares its wire code, HTTP status, exit status and default hint in its
+    class line (``class X(BrokerError, code="x", status=400)``); what it leaves out it
+    inherits, and declaring it registers the code for ``from_wire``.
+    """
 
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
     exit_status: ClassVar[int] = 1
     default_hint: ClassVar[str] = ""
+
+    def __init_subclass__(
+        cls, *, code: str, status: int | None = None, exit_status: int | None = None, hint: str | None = None
+    ) -> None:
+        super().__init_subclass__()
+        cls.code = code
+        cls.status = cls.status if status is None else status
+        cls.exit_status = cls.exit_status if exit_status is None else exit_status
+        cls.default_hint = cls.default_hint if hint is None else hint
+        _BY_CODE[code] = cls
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -50,121 +69,72 @@ class BrokerError(Exception):
         return self.message
 
 
-class BadRequest(BrokerError):
-    code = "bad_request"
-    status = 400
-    exit_status = 2
+_BY_CODE[BrokerError.code] = BrokerError
 
 
-class UnknownProvider(BrokerError):
-    code = "unknown_provider"
-    status = 404
-    exit_status = 2
-    default_hint = "run: broker providers"
+class BadRequest(BrokerError, code="bad_request", status=400, exit_status=2):
+    """A request broker cannot act on: a bad argument, a malformed socket request."""
 
 
-class NotLoggedIn(BrokerError):
+class UnknownProvider(BrokerError, code="unknown_provider", status=404, exit_status=2, hint="run: broker providers"):
+    """A provider name no configured provider has."""
+
+
+class NotLoggedIn(BrokerError, code="not_logged_in", status=404, exit_status=3):
     """No credential exists yet for this provider/account."""
 
-    code = "not_logged_in"
-    status = 404
-    exit_status = 3
 
-
-class LoginRequired(BrokerError):
+class LoginRequired(BrokerError, code="login_required", status=401, exit_status=3):
     """The credential exists but can no longer be refreshed (revoked, expired grant)."""
 
-    code = "login_required"
-    status = 401
-    exit_status = 3
 
-
-class LoginFailed(BrokerError):
+class LoginFailed(BrokerError, code="login_failed", status=400):
     """A login did not complete: denied, expired, cancelled, bad redirect."""
 
-    code = "login_failed"
-    status = 400
 
-
-class Unauthorized(BrokerError):
+class Unauthorized(BrokerError, code="unauthorized", status=401):
     """The auth proxy's answer to a request without its key, or with a wrong or expired one."""
 
-    code = "unauthorized"
-    status = 401
+
+class Forbidden(BrokerError, code="forbidden", status=403):
+    """Not served to this caller: another user, a program outside ``callers``, a provider kept off the proxy."""
 
 
-class Forbidden(BrokerError):
-    code = "forbidden"
-    status = 403
-
-
-class RefreshFailed(BrokerError):
+class RefreshFailed(BrokerError, code="refresh_failed", status=502):
     """The upstream refused a refresh for a reason that is not a dead grant."""
 
-    code = "refresh_failed"
-    status = 502
 
-
-class RefreshUncertain(RefreshFailed):
+class RefreshUncertain(RefreshFailed, code="refresh_uncertain"):
     """A refresh whose request may have reached the upstream, with no answer: never sent again by itself."""
 
-    code = "refresh_uncertain"
 
-
-class LeftToCli(RefreshFailed):
+class LeftToCli(RefreshFailed, code="left_to_cli"):
     """A followed file's refresh only its CLI can make safely now (it may be making it this moment)."""
 
-    code = "left_to_cli"
     cli_running = False
     """Set by the daemon: a process of that CLI was running, so its new file may come any moment."""
 
 
-class UpstreamUnavailable(BrokerError):
+class UpstreamUnavailable(BrokerError, code="upstream_unavailable", status=503):
     """The upstream could not be reached or answered with a transient fault."""
 
-    code = "upstream_unavailable"
-    status = 503
+
+class ConfigError(BrokerError, code="config_error", exit_status=78):
+    """The config file or a setting in the environment is invalid."""
 
 
-class ConfigError(BrokerError):
-    code = "config_error"
-    exit_status = 78
+class StoreError(BrokerError, code="store_error", exit_status=74):
+    """The credential store cannot be read or written."""
 
 
-class StoreError(BrokerError):
-    code = "store_error"
-    exit_status = 74
-
-
-class DaemonUnavailable(BrokerError):
+class DaemonUnavailable(
+    BrokerError,
+    code="daemon_unavailable",
+    status=503,
+    exit_status=69,
+    hint="run: broker serve   (or: systemctl --user start broker.socket)",
+):
     """Raised on the client side only: nothing listens on the socket."""
-
-    code = "daemon_unavailable"
-    status = 503
-    exit_status = 69
-    default_hint = "run: broker serve   (or: systemctl --user start broker.socket)"
-
-
-_BY_CODE: dict[str, type[BrokerError]] = {
-    cls.code: cls
-    for cls in (
-        BrokerError,
-        BadRequest,
-        UnknownProvider,
-        NotLoggedIn,
-        LoginRequired,
-        LoginFailed,
-        Unauthorized,
-        Forbidden,
-        RefreshFailed,
-        RefreshUncertain,
-        LeftToCli,
-        UpstreamUnavailable,
-        ConfigError,
-        StoreError,
-        DaemonUnavailable,
-    )
-}
 
 
 def from_wire(body: Any) -> BrokerError:
