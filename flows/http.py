@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -79,6 +79,18 @@ def _http_date(value: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class PostBody:
+    """A POST's body as the caller gave it: a form (encoded, or its fields) or a JSON object."""
+
+    form: str | Mapping[str, str] | None
+    json_body: Mapping[str, Any] | None
+
+
+PostSender = Callable[["HttpClient", str, PostBody, dict[str, str]], Awaitable[HttpResponse]]
+"""Sends a POST elsewhere than the network: the client, the URL, the body and every header but defaults."""
+
+
 class HttpClient:
     """Requests with a bounded time, where every network fault becomes a TransportError."""
 
@@ -89,11 +101,19 @@ class HttpClient:
         proxy: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        posts: PostSender | None = None,
     ) -> None:
         self.session = session
         self.proxy = proxy
         self.headers = dict(headers or {})
         self.timeout = timeout
+        self.posts = posts
+
+    def posting_through(self, posts: PostSender) -> HttpClient:
+        """This client, but its POSTs go to ``posts``: only a POST can redeem a grant, so a
+        refresh's POST can be journaled or replayed while its other requests (discovery, a
+        token exchange) go out as before."""
+        return HttpClient(self.session, proxy=self.proxy, headers=self.headers, timeout=self.timeout, posts=posts)
 
     async def request(
         self,
@@ -104,6 +124,8 @@ class HttpClient:
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
+        if method == "POST" and self.posts is not None:
+            return await self.posts(self, url, PostBody(form, json_body), {**self.headers, **(headers or {})})
         all_headers = {"Accept": "application/json", **self.headers, **(headers or {})}
         data: Any = None
         if form is not None:

@@ -44,7 +44,7 @@ from broker.core.errors import RefreshUncertain
 from broker.core.model import CredentialKey
 from broker.daemon import children
 from broker.flows.errors import TransportError
-from broker.flows.http import HttpClient, HttpResponse
+from broker.flows.http import HttpClient, HttpResponse, PostBody
 
 SECRET_NAME = "refresh-journal-key"
 DIRECTORY = "journal"
@@ -124,62 +124,22 @@ class Journal:
             os.close(fd)
 
 
-class _PostsElsewhere(HttpClient):
-    """An HttpClient of a refresh whose POSTs go elsewhere than the network.
+class JournaledPosts:
+    """A refresh's POSTs, sent by the helper process, which journals each answer first."""
 
-    Only a POST can redeem a grant; other requests of a refresh (discovery, Copilot's
-    token exchange) spend nothing and go out from the daemon itself.
-    """
-
-    def __init__(self, base: HttpClient) -> None:
-        super().__init__(base.session, proxy=base.proxy, headers=base.headers, timeout=base.timeout)
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        form: str | Mapping[str, str] | None = None,
-        json_body: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> HttpResponse:
-        if method != "POST":
-            return await super().request(method, url, form=form, json_body=json_body, headers=headers)
-        return await self.post(url, form, json_body, headers)
-
-    async def post(
-        self,
-        url: str,
-        form: str | Mapping[str, str] | None,
-        json_body: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-    ) -> HttpResponse:
-        raise NotImplementedError
-
-
-class JournaledHttp(_PostsElsewhere):
-    """POSTs sent by the helper process, which journals each answer first."""
-
-    def __init__(self, journal: Journal, base: HttpClient) -> None:
-        super().__init__(base)
+    def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    async def post(
-        self,
-        url: str,
-        form: str | Mapping[str, str] | None,
-        json_body: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-    ) -> HttpResponse:
-        body = _body(form, json_body)
+    async def __call__(self, http: HttpClient, url: str, body: PostBody, headers: dict[str, str]) -> HttpResponse:
+        plain = _plain(body)
         order = {
             "method": "POST",
             "url": url,
-            **body,
-            "digest": request_digest(url, body),
-            "headers": {**self.headers, **(headers or {})},
-            "proxy": self.proxy,
-            "timeout": self.timeout,
+            **plain,
+            "digest": request_digest(url, plain),
+            "headers": headers,
+            "proxy": http.proxy,
+            "timeout": http.timeout,
             "journal": str(self.journal.path),
             "key": base64.b64encode(self.journal.key).decode(),
         }
@@ -209,11 +169,12 @@ def uncertain(what: str) -> RefreshUncertain:
     )
 
 
-def _body(form: str | Mapping[str, str] | None, json_body: Mapping[str, Any] | None) -> dict[str, Any]:
+def _plain(body: PostBody) -> dict[str, Any]:
     """A POST's body as the helper's order carries it."""
+    form = body.form
     return {
         "form": form if form is None or isinstance(form, str) else dict(form),
-        "json_body": None if json_body is None else dict(json_body),
+        "json_body": None if body.json_body is None else dict(body.json_body),
     }
 
 
@@ -222,22 +183,15 @@ def request_digest(url: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps([url, body], sort_keys=True).encode()).hexdigest()
 
 
-class ReplayHttp(_PostsElsewhere):
+class ReplayPost:
     """The journaled answer stands in for a refresh's POST, once."""
 
-    def __init__(self, answer: Journaled, base: HttpClient) -> None:
-        super().__init__(base)
+    def __init__(self, answer: Journaled) -> None:
         self.answer: Journaled | None = answer
 
-    async def post(
-        self,
-        url: str,
-        form: str | Mapping[str, str] | None,
-        json_body: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-    ) -> HttpResponse:
+    async def __call__(self, http: HttpClient, url: str, body: PostBody, headers: dict[str, str]) -> HttpResponse:
         answer, self.answer = self.answer, None
-        if answer is None or answer.digest != request_digest(url, _body(form, json_body)):
+        if answer is None or answer.digest != request_digest(url, _plain(body)):
             raise StaleJournal(f"{url.split('?', 1)[0]}: the journaled answer is not for this request")
         return answer.response
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from broker.core.errors import BrokerError
 from broker.core.model import Credential, CredentialKey
 from broker.daemon.inflight import InFlight
-from broker.daemon.journal import Journal, Journaled, JournaledHttp, ReplayHttp, uncertain
+from broker.daemon.journal import Journal, Journaled, JournaledPosts, ReplayPost, uncertain
 from broker.daemon.refresher.upkeep import Upkeep
 from broker.flows.http import HttpClient
 from broker.followed.format import FileProblem
@@ -171,5 +171,5 @@ class _Journaled(ProviderContext):
     def http(self, *, proxy: str | None = None, headers: Mapping[str, str] | None = None) -> HttpClient:
         base = super().http(proxy=proxy, headers=headers)
         if self.replay is not None:
-            return ReplayHttp(self.replay, base)
-        return JournaledHttp(self.journal, base)
+            return base.posting_through(ReplayPost(self.replay))
+        return base.posting_through(JournaledPosts(self.journal))
