@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import abc
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+from broker.flows import refresh
 from broker.flows.http import DEFAULT_TIMEOUT, HttpClient
 from broker.flows.pkce import PkceLogin
-from broker.flows.token import TokenSet
+from broker.flows.token import OAuthClient, TokenSet
 from broker.providers.wire import Wire
 
 from broker.core import login_options
@@ -122,6 +123,8 @@ class Provider(abc.ABC):
     """For a provider whose only login is another CLI's (Claude Code, Gemini CLI, gcloud): what to run there."""
     takes_enterprise_url: bool = False
     """Whether ``broker login --enterprise-url`` means something here (GitHub Enterprise, self-managed GitLab)."""
+    proxy: str | None = None
+    """The outbound HTTP proxy of this provider's requests (``[providers.NAME] proxy``); ``None``: the environment's."""
 
     def login_hint(self, account: str | None = None) -> str:
         """The command that signs in to this provider (as ``account``): one that works for it, never a circle."""
@@ -167,6 +170,21 @@ class Provider(abc.ABC):
 
     def can_refresh(self, credential: Credential) -> bool:
         return False
+
+    async def redeem(
+        self,
+        ctx: ProviderContext,
+        endpoint: str,
+        client: OAuthClient,
+        credential: Credential,
+        scopes: Sequence[str] = (),
+    ) -> TokenSet:
+        """Redeem ``credential``'s refresh token once at ``endpoint``, through this provider's proxy.
+
+        Raises OAuthError (``invalid_grant``: a dead login) or TransportError, for the provider to word.
+        """
+        http = ctx.http(proxy=self.proxy)
+        return await refresh.refresh(http, endpoint, client, credential.refresh_token, now=ctx.now(), scopes=scopes)
 
     def credential_from(self, account: str, tokens: TokenSet, *, source: str = "login", **fields: Any) -> Credential:
         """A credential at this provider's API made of a token answer; ``fields`` set the rest (base URL, extra)."""

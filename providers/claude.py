@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.flows import refresh
 from broker.flows.token import OAuthClient
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
 from broker.providers.table import Table
@@ -86,14 +85,10 @@ class ClaudeProvider(Provider):
         scopes = credential.extra.get("scopes")
         if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
             scopes = list(self.wire.scopes or SCOPES)
-        tokens = await refresh.refresh(
-            ctx.http(proxy=self.proxy),
-            self.endpoints["token"],
-            OAuthClient(self.wire.client_id or CLIENT_ID, json_body=True, headers=dict(self.wire.token_headers or {})),
-            credential.refresh_token,
-            now=ctx.now(),
-            scopes=scopes,
+        client = OAuthClient(
+            self.wire.client_id or CLIENT_ID, json_body=True, headers=dict(self.wire.token_headers or {})
         )
+        tokens = await self.redeem(ctx, self.endpoints["token"], client, credential, scopes)
         return renewed(credential, tokens)
 
     def can_refresh(self, credential: Credential) -> bool:

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.flows import refresh
 from broker.flows.errors import FlowError, OAuthError, TransportError
 from broker.flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
 from broker.flows.token import OAuthClient, TokenSet
@@ -186,13 +185,7 @@ class CodexProvider(Provider):
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         try:
-            tokens = await refresh.refresh(
-                ctx.http(proxy=self.proxy),
-                self.endpoints["token"],
-                self.json_client,
-                credential.refresh_token,
-                now=ctx.now(),
-            )
+            tokens = await self.redeem(ctx, self.endpoints["token"], self.json_client, credential)
         except OAuthError as exc:
             raise _as_dead_grant(exc) from None
         except TransportError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.flows import device_code, pat, refresh
+from broker.flows import device_code, pat
 from broker.flows.device_code import DeviceAuthorization, DeviceClient
 from broker.flows.errors import FlowError
 from broker.flows.pkce import OFFLINE_ACCESS, PkceClient, PkceLogin, with_offline_consent
@@ -240,13 +240,7 @@ class CustomOAuthProvider(Provider):
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         endpoints = await self.endpoints(ctx)
         token_endpoint = _need(endpoints.token_endpoint, "token_endpoint", self.name)
-        tokens = await refresh.refresh(
-            ctx.http(proxy=self.proxy),
-            token_endpoint,
-            self.client,
-            credential.refresh_token,
-            now=ctx.now(),
-        )
+        tokens = await self.redeem(ctx, token_endpoint, self.client, credential)
         return self._credential(credential.account, tokens, source=credential.source)
 
     def can_refresh(self, credential: Credential) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.flows import refresh
 from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient
 from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
@@ -79,18 +78,13 @@ class GeminiProvider(Provider):
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         try:
-            tokens = await refresh.refresh(
-                ctx.http(proxy=self.proxy),
-                self.endpoints["token"],
-                OAuthClient(
-                    self.wire.client_id or CLIENT_ID,
-                    self.client_secret,
-                    auth_method="client_secret_post",
-                    headers=dict(self.wire.token_headers or {}),
-                ),
-                credential.refresh_token,
-                now=ctx.now(),
+            client = OAuthClient(
+                self.wire.client_id or CLIENT_ID,
+                self.client_secret,
+                auth_method="client_secret_post",
+                headers=dict(self.wire.token_headers or {}),
             )
+            tokens = await self.redeem(ctx, self.endpoints["token"], client, credential)
         except OAuthError as exc:
             if exc.error != "unauthorized_client":
                 raise

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.flows import device_code, refresh
+from broker.flows import device_code
 from broker.flows.device_code import DeviceAuthorization, DeviceClient, PollPolicy
 from broker.flows.errors import OAuthError, TransportError
 from broker.flows.token import OAuthClient, TokenSet
@@ -139,13 +139,7 @@ class QwenProvider(Provider):
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         try:
-            tokens = await refresh.refresh(
-                ctx.http(proxy=self.proxy),
-                self.endpoints["token"],
-                self.client,
-                credential.refresh_token,
-                now=ctx.now(),
-            )
+            tokens = await self.redeem(ctx, self.endpoints["token"], self.client, credential)
         except TransportError as exc:
             if not _not_json(exc):
                 raise
