@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -94,33 +94,34 @@ class Section:
         return value
 
     def integer(
-        self,
-        key: str,
-        default: int | _Missing = MISSING,
-        *,
-        min: int | None = None,
-        max: int | None = None,
+        self, key: str, default: int | _Missing = MISSING, *, min: int | None = None, max: int | None = None
     ) -> int:
-        if key not in self.data and default is not MISSING:
-            return default
-        value: int = self._get(key, default, (int,), "an integer")
-        self._check_range(key, value, min, max)
+        value: int = self._bounded(key, default, (int,), "an integer", int, min, max)
         return value
 
     def number(
+        self, key: str, default: float | _Missing = MISSING, *, min: float | None = None, max: float | None = None
+    ) -> float:
+        value: float = self._bounded(key, default, (int, float), "a number", float, min, max)
+        return value
+
+    def _bounded(
         self,
         key: str,
-        default: float | _Missing = MISSING,
-        *,
-        min: float | None = None,
-        max: float | None = None,
-    ) -> float:
+        default: Any,
+        kinds: tuple[type, ...],
+        what: str,
+        convert: Callable[[Any], float],
+        low: float | None,
+        high: float | None,
+    ) -> Any:
+        """A number of ``kinds`` within ``low``..``high``; the default as given when the key is absent."""
         if key not in self.data and default is not MISSING:
             return default
-        value = float(self._get(key, default, (int, float), "a number"))
-        if not math.isfinite(value):  # TOML allows inf and nan; no setting of broker means them
+        value = convert(self._get(key, default, kinds, what))
+        if isinstance(value, float) and not math.isfinite(value):  # TOML allows inf and nan; no setting means them
             raise self.error(key, f"must be a finite number (got {value})")
-        self._check_range(key, value, min, max)
+        self._check_range(key, value, low, high)
         return value
 
     def _check_range(
