@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 WAIT = 5.0
 STEP = 0.05
@@ -31,6 +32,9 @@ class LockTimeout(Exception):
 
 class NotAFile(OSError):
     """A path that should be a regular file is something else (a FIFO, a socket, a directory)."""
+
+
+_T = TypeVar("_T")
 
 
 def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
@@ -69,17 +73,8 @@ def describe_kind(mode: int) -> str:
 @contextlib.contextmanager
 def exclusive_create(lock: Path, stale_after: float, wait: float | None = None) -> Iterator[None]:
     """Hold ``lock`` by creating it; break it when older than ``stale_after`` seconds."""
-    deadline = time.monotonic() + (WAIT if wait is None else wait)
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-            break
-        except FileExistsError:
-            if _break_if_stale(lock, stale_after, os.unlink):
-                continue
-            if time.monotonic() > deadline:
-                raise LockTimeout(f"{lock} is held by another process") from None
-            time.sleep(STEP)  # another process holds it: a blocking wait in a worker thread
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = _take(lock, stale_after, wait, lambda: os.open(lock, flags, 0o600), os.unlink)
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
@@ -97,17 +92,7 @@ def lock_directory(lock: Path, stale_after: float, wait: float | None = None) ->
     ``stale_after`` seconds belongs to a process that died, and is taken over. Broker keeps
     its own hold fresh the same way, so a CLI never takes a lock broker still holds.
     """
-    deadline = time.monotonic() + (WAIT if wait is None else wait)
-    while True:
-        try:
-            lock.mkdir(mode=0o700)
-            break
-        except FileExistsError:
-            if _break_if_stale(lock, stale_after, os.rmdir):
-                continue
-            if time.monotonic() > deadline:
-                raise LockTimeout(f"{lock} is held by another process") from None
-            time.sleep(STEP)
+    _take(lock, stale_after, wait, lambda: lock.mkdir(mode=0o700), os.rmdir)
     stop = threading.Event()
     keeper = threading.Thread(target=_keep_fresh, args=(lock, stale_after / 4, stop), name="lock keeper", daemon=True)
     keeper.start()
@@ -124,6 +109,22 @@ def _keep_fresh(lock: Path, every: float, stop: threading.Event) -> None:
     while not stop.wait(every):
         with contextlib.suppress(OSError):
             os.utime(lock)
+
+
+def _take(
+    lock: Path, stale_after: float, wait: float | None, create: Callable[[], _T], remove: Callable[[Path], None]
+) -> _T:
+    """``create()`` the lock once nobody holds it, breaking it when older than ``stale_after`` seconds."""
+    deadline = time.monotonic() + (WAIT if wait is None else wait)
+    while True:
+        try:
+            return create()
+        except FileExistsError:
+            if _break_if_stale(lock, stale_after, remove):
+                continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"{lock} is held by another process") from None
+            time.sleep(STEP)  # another process holds it: a blocking wait in a worker thread
 
 
 def _break_if_stale(lock: Path, stale_after: float, remove: Callable[[Path], None]) -> bool:
