@@ -13,8 +13,9 @@ import contextlib
 import os
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from broker.core.atomic import fsync_dir
 from broker.core.errors import StoreError
@@ -30,7 +31,7 @@ KEY_FILE_NAME = "key"
 
 
 class KeySource(Protocol):
-    kind: str
+    kind: ClassVar[str]
     """``systemd-credential``, ``keyring`` or ``file``: recorded in the store's envelope."""
 
     def describe(self) -> str:
@@ -65,13 +66,12 @@ def tighten_mode(path: Path, mode: int) -> None:
         os.chmod(path, mode)
 
 
+@dataclass(frozen=True)
 class SystemdCredentialKey:
     """A key systemd hands over (``LoadCredential=``/``SetCredentialEncrypted=``); read-only."""
 
-    kind = "systemd-credential"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    path: Path
+    kind: ClassVar[str] = "systemd-credential"
 
     def describe(self) -> str:
         return f"key from systemd credential {self.path}"
@@ -84,14 +84,13 @@ class SystemdCredentialKey:
         return parse_key(data, f"systemd credential {self.path}")
 
 
+@dataclass(frozen=True)
 class KeyringKey:
     """The key kept in the OS keyring, so nothing on disk alone opens the store."""
 
-    kind = "keyring"
-
-    def __init__(self, backend: KeyringBackend, service: str = "broker") -> None:
-        self.backend = backend
-        self.service = service
+    backend: KeyringBackend
+    service: str = "broker"
+    kind: ClassVar[str] = "keyring"
 
     def describe(self) -> str:
         return f"key from keyring {backend_label(self.backend)} (service {self.service})"
@@ -111,13 +110,12 @@ class KeyringKey:
         return None if value is None else parse_key(value.encode(), where)
 
 
+@dataclass(frozen=True)
 class FileKey:
     """A 0600 key file in the 0700 state directory: the fallback when nothing better exists."""
 
-    kind = "file"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    path: Path
+    kind: ClassVar[str] = "file"
 
     def describe(self) -> str:
         return f"key file {self.path}"
