@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from bench.daemon_fixture import TOKEN, get_json, running_daemon_with_token
 from bench.memory import rss_kib
-from bench.table import Row, progress, verdict
+from bench.table import Row, combined, progress, verdict
 from bench.throughput import cpu_ns
 
 HERE = Path(__file__).resolve().parent
@@ -118,20 +117,6 @@ def load(endpoint: Endpoint, body: str, connections: int, seconds: float, warmup
     )
 
 
-def median(rounds: list[Figures]) -> Figures:
-    def med(values: list[float]) -> float:
-        return float(statistics.median(values))
-
-    return Figures(
-        rps=med([r.rps for r in rounds]),
-        p50_ms=med([r.p50_ms for r in rounds]),
-        p99_ms=med([r.p99_ms for r in rounds]),
-        first_byte_ms=med([r.first_byte_ms for r in rounds]),
-        cpu_us=med([r.cpu_us for r in rounds]),
-        failures=sum(r.failures for r in rounds),
-    )
-
-
 SETTINGS = {"plain, 1 conn": (PLAIN, 1), "plain, 32 conn": (PLAIN, 32), "streamed, 1 conn": (STREAMED, 1)}
 
 
@@ -143,7 +128,7 @@ def compare(endpoints: list[Endpoint], seconds: float, warmup: float, rounds: in
             for endpoint in endpoints:
                 figures = load(endpoint, body, connections, seconds, warmup)
                 samples.setdefault((endpoint.name, setting), []).append(figures)
-    return {key: median(values) for key, values in samples.items()}
+    return {key: combined(values, summed=("failures",)) for key, values in samples.items()}
 
 
 def stream_through(endpoint: Endpoint, mib: int, timeout: float = 600.0) -> int:

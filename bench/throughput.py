@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.daemon_fixture import TOKEN_PATH, get
+from bench.table import combined
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,21 +89,6 @@ def measure(server: Server, connections: int, seconds: float, warmup: float) -> 
     )
 
 
-def median_result(rounds: list[Result]) -> Result:
-    def med(values: list[float]) -> float:
-        return float(statistics.median(values))
-
-    return Result(
-        rps=med([r.rps for r in rounds]),
-        p50_ms=med([r.p50_ms for r in rounds]),
-        p99_ms=med([r.p99_ms for r in rounds]),
-        cpu_us=med([r.cpu_us for r in rounds]),
-        generator_cpu=max(r.generator_cpu for r in rounds),
-        requests=sum(r.requests for r in rounds),
-        failures=sum(r.failures for r in rounds),
-    )
-
-
 def fetch_body(socket_path: str) -> bytes:
     """The exact body broker answers for the token, so the bare app serves the same bytes."""
     return get(socket_path, TOKEN_PATH)
@@ -138,4 +123,7 @@ def compare(
         for count in connections:
             for server in (bare, broker):
                 samples.setdefault((server.name, count), []).append(measure(server, count, seconds, warmup))
-    return {key: median_result(results) for key, results in samples.items()}
+    return {
+        key: combined(results, summed=("requests", "failures"), peak=("generator_cpu",))
+        for key, results in samples.items()
+    }
