@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from broker.flows.errors import OAuthError, TransportError
 from broker.flows.http import HttpClient
-from broker.flows.token import OAuthClient, TokenSet, request_token
+from broker.flows.token import LoginClient, TokenSet, request_token
 
 from broker.core.sanitize import printable
 
@@ -61,16 +61,12 @@ class PollPolicy:
         return min(slower, self.max_interval)
 
 
-@dataclass(frozen=True)
-class DeviceClient:
+@dataclass(frozen=True, kw_only=True)
+class DeviceClient(LoginClient):
     """Endpoints and client settings of one device-flow login."""
 
     device_authorization_endpoint: str
-    token_endpoint: str
-    client: OAuthClient
-    scopes: tuple[str, ...] = ()
     pkce: bool = False
-    extra_params: Mapping[str, str] = field(default_factory=dict)
     authorization_headers: Mapping[str, str] = field(default_factory=dict)
     """Sent with the §3.1 request only, besides the client's own headers."""
     poll: PollPolicy = field(default_factory=PollPolicy)

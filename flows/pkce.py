@@ -22,13 +22,13 @@ import asyncio
 import html
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 from broker.flows.errors import FlowError, OAuthError, RedirectError
 from broker.flows.http import HttpClient
-from broker.flows.token import OAuthClient, TokenSet, request_token
+from broker.flows.token import LoginClient, TokenSet, request_token
 
 LISTEN_HOST = "127.0.0.1"
 
@@ -42,19 +42,15 @@ FAILED_PAGE = (
 )
 
 
-@dataclass(frozen=True)
-class PkceClient:
+@dataclass(frozen=True, kw_only=True)
+class PkceClient(LoginClient):
     """Endpoints and client settings of one code-grant login."""
 
     authorization_endpoint: str
-    token_endpoint: str
-    client: OAuthClient
-    scopes: tuple[str, ...] = ()
     redirect_host: str = LISTEN_HOST
     """The host written into the redirect URI (some servers register ``localhost``)."""
     redirect_port: int = 0
     redirect_path: str = "/callback"
-    extra_params: Mapping[str, str] = field(default_factory=dict)
     issuer: str | None = None
     """The issuer the request goes to: a redirect's ``iss`` must equal it (RFC 9207)."""
     issuer_in_redirect: bool = False

@@ -40,6 +40,17 @@ class OAuthClient:
         return "client_secret_basic" if self.client_secret else "none"
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoginClient:
+    """What every interactive grant of one client names: where its tokens come from, who
+    asks, for which scopes, with which extra parameters on its first request."""
+
+    token_endpoint: str
+    client: OAuthClient
+    scopes: tuple[str, ...] = ()
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class TokenSet:
     """A successful token response, with the expiry made absolute."""
