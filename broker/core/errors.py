@@ -38,7 +38,7 @@ class BrokerError(Exception):
 
     A subclass declares its wire code, HTTP status, exit status and default hint in its
     class line (``class X(BrokerError, code="x", status=400)``); what it leaves out it
-    inherits, and declaring it registers the code for ``from_wire``.
+    inherits, and a new code is registered for ``from_wire``.
     """
 
     code: ClassVar[str] = "internal"
@@ -47,14 +47,20 @@ class BrokerError(Exception):
     default_hint: ClassVar[str] = ""
 
     def __init_subclass__(
-        cls, *, code: str, status: int | None = None, exit_status: int | None = None, hint: str | None = None
+        cls,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        exit_status: int | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init_subclass__()
-        cls.code = code
         cls.status = cls.status if status is None else status
         cls.exit_status = cls.exit_status if exit_status is None else exit_status
         cls.default_hint = cls.default_hint if hint is None else hint
-        _BY_CODE[code] = cls
+        if code is not None:  # a subclass without a code of its own crosses the wire as its parent
+            cls.code = code
+            _BY_CODE[code] = cls
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
