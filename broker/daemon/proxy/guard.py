@@ -12,7 +12,7 @@ Unix socket: every ``broker token`` hung. So until a request on it presents the 
   oldest instead let a flood that reconnects at once keep both processes busy: the
   owner's ``broker token`` then took ten times as long.)
 
-A connection that presented the key is a tool of the owner; aiohttp's keep-alive applies.
+A connection that presented the key is a tool of the owner; keep-alive applies.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import errno
 import logging
 import resource
 import socket
-from typing import Any
-
-from aiohttp import web
+from collections.abc import Callable
+from typing import Protocol
 
 from broker.daemon.log_throttle import Throttle
 
@@ -43,13 +42,19 @@ def seats() -> int:
     return max(8, min(MAX_UNTRUSTED, soft // 4))
 
 
+class Door(Protocol):
+    """A client connection as the guard sees it: something to close."""
+
+    transport: asyncio.Transport | None
+
+
 class Guard:
     """Key-less connections, each with the timer that closes it, and whether a seat is free."""
 
     def __init__(self, seats: int, header_timeout: float) -> None:
         self.seats = seats
         self.header_timeout = header_timeout
-        self._waiting: dict[web.RequestHandler, asyncio.TimerHandle] = {}
+        self._waiting: dict[Door, asyncio.TimerHandle] = {}
         self._free = asyncio.Event()
         self._free.set()
         self._full = Throttle()
@@ -58,62 +63,38 @@ class Guard:
         """Return once a key-less connection may be let in."""
         await self._free.wait()
 
-    def opened(self, handler: web.RequestHandler) -> None:
+    def opened(self, connection: Door) -> None:
         loop = asyncio.get_running_loop()
-        self._waiting[handler] = loop.call_later(self.header_timeout, self._close, handler)
+        self._waiting[connection] = loop.call_later(self.header_timeout, self._close, connection)
         if len(self._waiting) >= self.seats:
             self._free.clear()
             message = "proxy: %d connections without the key; accepting no more until they end"
             self._full.log(log, logging.WARNING, message, len(self._waiting))
 
-    def trust(self, handler: web.RequestHandler) -> None:
-        """A request on ``handler``'s connection presented the key (or it closed): its seat is free."""
-        timer = self._waiting.pop(handler, None)
+    def trust(self, connection: Door) -> None:
+        """A request on ``connection`` presented the key (or it closed): its seat is free."""
+        timer = self._waiting.pop(connection, None)
         if timer is not None:
             timer.cancel()
             self._free.set()
 
-    def _close(self, handler: web.RequestHandler) -> None:
-        self.trust(handler)
-        handler.force_close()
-        if handler.transport is not None:
-            handler.transport.close()
+    def _close(self, connection: Door) -> None:
+        self.trust(connection)
+        if connection.transport is not None:
+            connection.transport.close()
 
 
-class GuardedHandler(web.RequestHandler):
-    """aiohttp's connection handler, reporting to the guard when it opens and closes."""
+class Doorway:
+    """A listening socket's accept loop, which waits for a free seat before each accept."""
 
-    def __init__(self, guard: Guard, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.guard = guard
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.guard.opened(self)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.guard.trust(self)
-        super().connection_lost(exc)
-
-
-class GuardedSite(web.BaseSite):
-    """aiohttp's ``SockSite`` with an accept loop of its own, which waits for a free seat."""
-
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, guard: Guard, **handler_args: Any) -> None:
-        super().__init__(runner)
+    def __init__(self, sock: socket.socket, guard: Guard, protocol: Callable[[], asyncio.Protocol]) -> None:
         self._sock = sock
         self._guard = guard
-        self._handler_args = handler_args
+        self._protocol = protocol
         self._accepting: asyncio.Task[None] | None = None
         self._failures = Throttle(limit=1)
 
-    @property
-    def name(self) -> str:
-        host, port = self._sock.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    async def start(self) -> None:
-        await super().start()
+    def start(self) -> None:
         self._sock.setblocking(False)
         self._accepting = asyncio.get_running_loop().create_task(self._accept(), name="proxy accept")
 
@@ -123,16 +104,9 @@ class GuardedSite(web.BaseSite):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accepting
         self._sock.close()
-        await super().stop()
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
-
-        def handler() -> GuardedHandler:
-            return GuardedHandler(self._guard, server, loop=loop, **self._handler_args)
-
         while True:
             await self._guard.seat()
             try:
@@ -144,6 +118,6 @@ class GuardedSite(web.BaseSite):
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
             try:
-                await loop.connect_accepted_socket(handler, conn)
+                await loop.connect_accepted_socket(self._protocol, conn)
             except OSError:
                 conn.close()

@@ -6,17 +6,17 @@ the proxy swaps that key for the provider's current token and required headers o
 every request and streams the answer back as it arrives (SSE included, ``stream``), so a token
 that rotates every 25 minutes (Copilot) never reaches the tool.
 
-- Loopback, plus the addresses ``[proxy] extra_addresses`` names (``broker.proxy_listen``).
+- Loopback, plus the addresses ``[proxy] extra_addresses`` names (``listen``).
   A key is required: the proxy's own, or a ``broker exec`` child's lease for the provider
-  it asks for (``broker.proxy_leases``); without one, 401 ``unauthorized``, nothing
-  forwarded, the connection closed. Until a connection shows a key,
-  ``broker.proxy_guard`` keeps it short.
+  it asks for (``leases``); without one, 401 ``unauthorized``, nothing
+  forwarded, the connection closed. Until a connection shows a key, ``guard`` keeps it short.
+- HTTP/1.1 is spoken by hand on both sides (``connection``, ``upstream``, ``h1``): aiohttp's
+  server and client objects were most of a proxied request's cost.
 - The client's auth and hop-by-hop headers are dropped, and so is every header or query
   parameter carrying the proxy key; the provider's are set (``rewrite``).
 - A path is checked as the upstream may read it: decoded (repeatedly), ``\\`` as ``/``,
   ``;parameters`` dropped; a ``.`` or ``..`` segment is refused (``rewrite``).
-- A client that goes away cancels the handler (aiohttp's handler cancellation), and
-  with it the upstream request.
+- A client that goes away cancels its request, and with it the upstream request.
 - One log line per request, however it ends (a client that hangs up, an upstream that
   breaks off, an error): method, path, account, status, bytes, time, never a key or a
   query string; and the same in ``/metrics`` (``broker.metrics.ProxyMetrics``). Refused
@@ -26,33 +26,35 @@ that rotates every 25 minutes (Copilot) never reaches the tool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-import aiohttp
-from aiohttp import web
 from aiohttp.helpers import get_env_proxy_for_url
+from multidict import CIMultiDict
 from yarl import URL
 
 from broker.core.config import DEFAULT_HEADER_TIMEOUT
 from broker.core.errors import BadRequest, BrokerError, Forbidden, Unauthorized, UpstreamUnavailable
 from broker.core.model import Credential
-from broker.core.sanitize import printable
+from broker.core.sanitize import printable, upstream_text
 from broker.daemon.caller_policy import restricted
 from broker.daemon.callers import Peer
 from broker.daemon.log_throttle import Throttle
 from broker.daemon.metrics import ProxyMetrics
-from broker.daemon.proxy.guard import Guard, GuardedSite, seats
+from broker.daemon.proxy.connection import ClientConnection, Serve, TryAgain
+from broker.daemon.proxy.guard import Doorway, Guard, seats
+from broker.daemon.proxy.h1 import Head
 from broker.daemon.proxy.keys import presented_keys, query_without_key, same_key
 from broker.daemon.proxy.leases import Leases
 from broker.daemon.proxy.listen import listening_socket, url_host
-from broker.daemon.proxy.rewrite import climbs_out, upstream_headers, with_query
-from broker.daemon.proxy.stream import Exchange, reason, relay
-from broker.daemon.server import error_response
+from broker.daemon.proxy.rewrite import climbs_out, upstream_headers, upstream_request, with_query
+from broker.daemon.proxy.stream import Exchange
+from broker.daemon.proxy.upstream import Pool, Route, UpstreamBroke
 from broker.providers.base import Provider
 from broker.providers.registry import Registry
 
@@ -60,18 +62,26 @@ log = logging.getLogger("broker.proxy")
 
 MIN_TTL = 60.0
 """A token is refreshed first when less than this is left: a long stream outlives none."""
-MAX_BODY = 64 * 1024 * 1024
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 600.0
-"""Longest silence between two pieces of an answer (a model may think for minutes)."""
-SHUTDOWN_TIMEOUT = 0.6
-"""As the socket server's: the daemon stops both together and must be gone within 2 s."""
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 SHOWN_PATH = 200
 """Characters of a request's path a log line shows."""
 
 FreshToken = Callable[[str, str | None, float, Peer], Awaitable[tuple[Provider, Credential]]]
 """``(provider, account, min_ttl, peer) -> (provider, credential)``: what ``/v1/token`` serves."""
+
+
+@dataclass
+class Admitted:
+    """A request whose head passed the key check: what serving it needs from the head."""
+
+    head: Head
+    headers: CIMultiDict[str]
+    exchange: Exchange
+    name: str
+    account: str | None
+    tail: str
+    query: str
+    key: str
 
 
 class AuthProxy:
@@ -99,13 +109,13 @@ class AuthProxy:
         self.extra_addresses = tuple(extra_addresses)
         self.metrics = metrics or ProxyMetrics()
         self.leases = Leases()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._doors: list[Doorway] = []
+        self._clients: set[ClientConnection] = set()
+        self._pool = Pool()
         self._starting = asyncio.Lock()
         self._refusals = Throttle()
         self._guard = Guard(seats(), header_timeout)
-        self._peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
-        self._routes: dict[tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+        self._upstreams: dict[tuple[str, str | None], tuple[Route, str, str]] = {}
 
     @property
     def base_url(self) -> str:
@@ -117,48 +127,43 @@ class AuthProxy:
         Does nothing when it listens already (``broker exec`` starts a proxy that is off on demand).
         """
         async with self._starting:
-            if self._runner is None:
+            if not self._doors:
                 await self._start()
 
     async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            trust_env=False,  # HTTPS_PROXY and NO_PROXY are read once per upstream (``_route``), not per request
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
-        )
-        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{provider}/{tail:.*}", self.forward)
-        app.router.add_route("*", "/{provider}", self.forward)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await self._runner.setup()
         host, port = self.host, self.port
+        sockets = []
         try:
-            sock = listening_socket(host, port)
-            self.port = int(sock.getsockname()[1])
-            sockets = [sock]
+            sockets.append(listening_socket(host, port))
+            self.port = int(sockets[0].getsockname()[1])
             for host, extra_port in self.extra_addresses:
                 port = extra_port or self.port
                 sockets.append(listening_socket(host, port, freebind=True))
         except OSError as exc:
-            await self.stop()
+            for opened in sockets:
+                opened.close()
             raise BrokerError(
                 f"the proxy cannot listen on {url_host(host)}:{port}: {exc.strerror or exc}",
                 "pick another port or address: [proxy] port and extra_addresses in the config",
             ) from None
-        for listener in sockets:
-            await GuardedSite(self._runner, listener, self._guard, access_log=None).start()
+        self._doors = [Doorway(listener, self._guard, self._connection) for listener in sockets]
+        for door in self._doors:
+            door.start()
         shown = ", ".join(f"http://{url_host(h)}:{p or self.port}" for h, p in self.extra_addresses)
         log.info("proxy listening on %s%s", self.base_url, f" and {shown}" if shown else "")
 
+    def _connection(self) -> ClientConnection:
+        return ClientConnection(self, self._guard, self._clients)
+
     async def stop(self) -> None:
         self.leases.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for door in self._doors:
+            await door.stop()
+        self._doors = []
+        for client in list(self._clients):
+            if client.transport is not None:
+                client.transport.abort()
+        self._pool.close()
 
     def client_answer(self, provider: Provider, account: str | None = None, key: str | None = None) -> dict[str, Any]:
         """What a tool needs to use ``provider`` through the proxy, shaped like a token answer.
@@ -191,37 +196,55 @@ class AuthProxy:
         name, at, account = segment.partition("@")
         return (name, account) if at and account else (segment, None)
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
-        """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers; one log line."""
-        name, account = self._target(request.match_info["provider"])
-        path, _, query = request.raw_path.partition("?")  # raw: the client's percent-encoding is kept
-        tail = path.split("/", 2)[2] if path.count("/") >= 2 else ""
+    def admit(self, connection: ClientConnection, head: Head) -> Serve | None:
+        """The checks a request's head decides: the key (401 closes the connection), provider, path."""
+        method, target, _ = head.first
+        path, _, query = target.partition("?")  # raw: the client's percent-encoding is kept
+        segments = path.split("/", 2)
+        name, account = self._target(unquote(segments[1]))
+        tail = segments[2] if len(segments) > 2 else ""
         exchange = Exchange(
-            request.method,
+            method,
             printable(f"/{name}/{tail}")[:SHOWN_PATH],  # for log lines: never the query string
             name if name in self.registry() else "",  # a metrics label: never a name anyone may make up
         )
+        headers = CIMultiDict(head.headers)
         try:
-            key = self._authorize(request.headers, query, name, account)
+            key = self._authorize(headers, query, name, account)
         except Unauthorized as exc:
             refusal = "proxy refused %s %s: %s"
-            self._refusals.log(log, logging.WARNING, refusal, request.method, exchange.shown, exc.message)
+            self._refusals.log(log, logging.WARNING, refusal, method, exchange.shown, exc.message)
             self.metrics.record(exchange.provider, exc.status)
-            refused = error_response(exc)
-            refused.force_close()  # a key-less connection gets one answer, not a seat
-            return refused
-        self._guard.trust(request.protocol)
+            connection.answer_error(exc, close=True)  # a key-less connection gets one answer, not a seat
+            return None
+        self._guard.trust(connection)
         try:
-            return await self._pass(request, exchange, name, account, tail, query, key)
+            self.check_allowed(self.registry().get(name))
+            if climbs_out(tail):
+                raise BadRequest("the path may not contain '.' or '..' segments, however encoded")
         except BrokerError as exc:
             exchange.status = exc.status
-            return error_response(exc)
+            connection.answer_error(exc, close=True)  # its body is not read: the connection cannot go on
+            self._done(exchange)
+            return None
+        admitted = Admitted(head, headers, exchange, name, account, tail, query, key)
+        return functools.partial(self.serve, connection, admitted)
+
+    async def serve(self, connection: ClientConnection, admitted: Admitted, body: bytes) -> None:
+        """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers; one log line."""
+        exchange = admitted.exchange
+        try:
+            await self._pass(connection, admitted, body)
+        except BrokerError as exc:
+            exchange.status = exc.status
+            connection.answer_error(exc)
         except asyncio.CancelledError:
             exchange.cut_short("client", "client hung up")
             raise
         except Exception:
-            exchange.status = 500  # the middleware logs it and answers
-            raise
+            exchange.status = 500
+            log.exception("proxy: internal error on %s %s", exchange.method, exchange.shown)
+            connection.answer_error(BrokerError("internal error in the proxy", "see the daemon's log"))
         finally:
             self._done(exchange)
 
@@ -243,73 +266,75 @@ class AuthProxy:
             f"run: broker env {name} --proxy (a key from broker exec ends with its process)",
         )
 
-    async def _pass(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        name: str,
-        account: str | None,
-        tail: str,
-        query: str,
-        key: str,
-    ) -> web.StreamResponse:
-        provider = self.registry().get(name)
-        self.check_allowed(provider)
-        if climbs_out(tail):
-            raise BadRequest("the path may not contain '.' or '..' segments, however encoded")
-        provider, credential = await self.fresh(name, account, MIN_TTL, self._peer(request))
+    async def _pass(self, connection: ClientConnection, admitted: Admitted, body: bytes) -> None:
+        exchange, name = admitted.exchange, admitted.name
+        provider, credential = await self.fresh(name, admitted.account, MIN_TTL, connection.peer())
         exchange.account = credential.account
         served = provider.served(credential)
         base_url = served.get("base_url")
         if not base_url:
             raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
-        query = with_query(query_without_key(query, key), served.get("query") or {})
-        url = URL(f"{str(base_url).rstrip('/')}/{tail}" + query, encoded=True)
-        headers = upstream_headers(request.headers, served, credential.access_token, key)
-        body = await request.read()
+        route, host, base_path = self._upstream(str(base_url), getattr(provider, "proxy", None))
+        query = with_query(query_without_key(admitted.query, admitted.key), served.get("query") or {})
+        headers = upstream_headers(admitted.headers, served, credential.access_token, admitted.key)
+        target = f"{base_path}/{admitted.tail}{query}"
+        via = route.via if route.scheme == "http" else None
+        request = upstream_request(exchange.method, target, host, headers, body, via)
         exchange.sent = len(body)
-        assert self._session is not None
-        via, via_auth = self._route(url, getattr(provider, "proxy", None))
-        asked = time.monotonic()
-        try:
-            upstream = await self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body or None,
-                proxy=via,
-                proxy_auth=via_auth,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            why = reason(exc)
-            exchange.status, exchange.ending = 502, f"upstream {url.host} unreachable: {why}"
-            down = UpstreamUnavailable(
-                f"{name}: the upstream at {url.host} did not answer ({why})",
-                "check that the service is up and reachable from this machine (network, HTTPS_PROXY)",
-            )
-            return error_response(down, status=502)
-        self.metrics.upstream_answered(exchange.provider, time.monotonic() - asked)
-        exchange.status = upstream.status
-        return await relay(request, upstream, exchange, lambda: self._done(exchange))
 
-    def _route(self, url: URL, configured: str | None) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-        """The HTTP proxy to reach ``url`` through: the provider's, else the environment's.
+        def answered(seconds: float) -> None:
+            self.metrics.upstream_answered(exchange.provider, seconds)
 
-        aiohttp's ``trust_env`` reads the environment and ``~/.netrc`` in a worker thread
-        twice on every request, more than half of the proxy's CPU; the daemon's environment
-        does not change while it runs, so each scheme and host is looked up once.
-        """
-        if configured:
-            return URL(configured), None
-        key = (url.scheme, url.host)
-        route = self._routes.get(key)
-        if route is None:
+        def last() -> None:
+            self._done(exchange)
+
+        while True:
             try:
-                route = self._routes[key] = get_env_proxy_for_url(url)
-            except LookupError:
-                route = self._routes[key] = (None, None)
-        return route
+                upstream = await self._pool.connection(route)
+                await connection.relay(
+                    upstream, exchange.method, request, exchange, answered, lambda: self._done(exchange)
+                )
+                return
+            except TryAgain:
+                continue  # a kept connection the upstream had closed meanwhile
+            except UpstreamBroke as exc:
+                why = upstream_text(str(exc)) or "connection closed"
+                if exchange.status:  # it began an answer, then broke off before any of it was sent
+                    exchange.cut_short("upstream", f"upstream broke off ({why})")
+                    message = f"{exchange.provider or 'the provider'}: the upstream broke off its answer"
+                else:
+                    exchange.ending = f"upstream {route.host} unreachable: {why}"
+                    message = f"{name}: the upstream at {route.host} did not answer ({why})"
+                exchange.status = 502
+                hint = "check that the service is up and reachable from this machine (network, HTTPS_PROXY)"
+                connection.answer_error(UpstreamUnavailable(message, hint), status=502)
+                return
+
+    def _upstream(self, base_url: str, configured: str | None) -> tuple[Route, str, str]:
+        """Where ``base_url`` is reached: its route (through an HTTP proxy?), ``Host`` and path; looked up once.
+
+        The proxy comes from the provider's ``proxy``, else ``HTTP(S)_PROXY`` and ``NO_PROXY``
+        (aiohttp's reading of them), read once per upstream: the daemon's environment does not change.
+        """
+        cached = self._upstreams.get((base_url, configured))
+        if cached is None:
+            url = URL(base_url.rstrip("/"), encoded=True)
+            if configured:
+                via: URL | None = URL(configured)
+            else:
+                try:
+                    via = get_env_proxy_for_url(url)[0]
+                except LookupError:
+                    via = None
+            if len(self._upstreams) > 256:
+                self._upstreams.clear()
+            route = Route.of(url, via)
+            cached = self._upstreams[(base_url, configured)] = (
+                route,
+                url.host_port_subcomponent or "",
+                url.raw_path.rstrip("/"),
+            )
+        return cached
 
     def _done(self, exchange: Exchange) -> None:
         """The request's one log line and its metrics; once, whichever way it ended."""
@@ -343,37 +368,3 @@ class AuthProxy:
                 f"{provider.name} is not served through the proxy: its callers are limited",
                 f"use broker token from an allowed program, or drop callers under [providers.{provider.name}]",
             )
-
-    def _peer(self, request: web.Request) -> Peer:
-        """The connection's peer, for the audit: TCP gives an address, not a process."""
-        transport = request.transport
-        if transport is None:
-            return Peer("proxy")
-        peer = self._peers.get(transport)
-        if peer is None:
-            host, port = transport.get_extra_info("peername")[:2]
-            peer = self._peers[transport] = Peer("proxy", address=f"{host}:{port}")
-        return peer
-
-
-@web.middleware
-async def _errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Errors as the socket API's JSON body, which OpenAI and Anthropic SDKs also read (``error.message``)."""
-    try:
-        return await handler(request)
-    except BrokerError as exc:
-        log.warning("proxy %s %s -> %d %s", request.method, request.path, exc.status, exc.code)
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        hint = "the proxy serves http://HOST:PORT/PROVIDER/... (see: broker env PROVIDER --proxy)"
-        body = {"error": {"code": "bad_request", "message": exc.reason, "hint": hint}}
-        return web.json_response(body, status=exc.status)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("proxy: internal error on %s %s", request.method, request.path)
-        return error_response(BrokerError("internal error in the proxy", "see the daemon's log"))

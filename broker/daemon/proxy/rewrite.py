@@ -9,14 +9,17 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from multidict import CIMultiDict
+from yarl import URL
 
 from broker.daemon.proxy.keys import KEY_HEADERS
+from broker.daemon.proxy.upstream import proxy_authorization
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
-     "upgrade", "host", "content-length"}
+     "upgrade", "host", "content-length", "expect", "proxy-connection"}
 )  # fmt: skip
-"""RFC 9110 §7.6.1 connection-specific fields, plus what aiohttp sets itself."""
+"""RFC 9110 §7.6.1 connection-specific fields, and what the proxy sets itself (the body is sent whole: no
+``Expect``). ``Upgrade`` is dropped: a request reaches the upstream as plain HTTP/1.1 or not at all."""
 CLIENT_AUTH = frozenset({"authorization", *KEY_HEADERS})
 MAX_DECODINGS = 4
 """Percent-decodings a path is checked through before it counts as hiding something."""
@@ -40,6 +43,27 @@ def upstream_headers(
     elif auth in ("x-api-key", "api-key"):
         headers[auth] = token
     return headers
+
+
+def upstream_request(
+    method: str, target: str, host: str, headers: CIMultiDict[str], body: bytes, via: URL | None
+) -> bytes:
+    """The request as it goes on the wire, body included: one write.
+
+    ``via``: the HTTP proxy an ``http://`` upstream is reached through; the target is then
+    absolute and the proxy's credentials go along (an ``https://`` upstream is reached
+    through a ``CONNECT`` tunnel, and asked as without a proxy).
+    """
+    if via is not None:
+        auth = proxy_authorization(via)
+        target = f"http://{host}{target}"
+        if auth is not None:
+            headers["Proxy-Authorization"] = auth
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def with_query(client_query: str, required: Mapping[str, str]) -> str:
