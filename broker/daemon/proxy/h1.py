@@ -23,6 +23,9 @@ MAX_CHUNK_LINE = 4096
 HEAD_END = b"\r\n\r\n"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
+_TARGET = re.compile(rb"/[^\x00-\x20\x7f]*")
+"""Origin form only: the proxy is no forward proxy."""
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
@@ -44,6 +47,8 @@ class Head:
     first: tuple[str, str, str]
     """``(method, target, version)`` of a request; ``(version, status, reason)`` of an answer."""
     headers: list[tuple[str, str]]
+    fields: dict[str, list[str]]
+    """The values by lower-case name, read once."""
     version: tuple[int, int]
     length: int | None = None
     """``Content-Length``, when the body is framed by it."""
@@ -52,21 +57,20 @@ class Head:
 
     def get(self, name: str, default: str = "") -> str:
         """The first header called ``name`` (lower case)."""
-        return next((value for header, value in self.headers if header.lower() == name), default)
+        values = self.fields.get(name)
+        return values[0] if values else default
 
 
 def parse_request(raw: bytes) -> Head:
     """A request head (without its final empty line): ``Malformed`` for anything not plainly HTTP/1.1."""
     lines = _lines(raw)
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1].startswith(b"/"):
-        raise Malformed("the request line is not 'METHOD /PATH HTTP/1.1'")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
+        raise Malformed("the request line is not 'METHOD /PATH HTTP/1.1' (no spaces or control characters)")
     version = _VERSIONS.get(parts[2])
     if version is None:
         raise Malformed("only HTTP/1.1 and HTTP/1.0 are spoken here", status=505)
-    if any(byte <= 0x20 or byte == 0x7F for byte in parts[1]):
-        raise Malformed("the request target holds a control character or a space")
-    head = Head((parts[0].decode(), parts[1].decode("latin-1"), parts[2].decode()), _headers(lines[1:]), version)
+    head = Head((parts[0].decode(), parts[1].decode("latin-1"), parts[2].decode()), *_headers(lines[1:]), version)
     _frame(head, request=True)
     return head
 
@@ -79,7 +83,8 @@ def parse_answer(raw: bytes, method: str) -> Head:
     version = _VERSIONS.get(version_text)
     if version is None or not (len(status_text) == 3 and status_text.isdigit()):
         raise ValueError("the upstream's answer is not HTTP/1.1")
-    head = Head((version_text.decode(), status_text.decode(), reason.decode("latin-1")), _headers(lines[1:]), version)
+    first = (version_text.decode(), status_text.decode(), reason.decode("latin-1"))
+    head = Head(first, *_headers(lines[1:]), version)
     status = int(status_text)
     if method == "HEAD" or status < 200 or (method == "CONNECT" and status < 300) or status in _NO_BODY_STATUSES:
         head.length = 0
@@ -92,29 +97,32 @@ def _lines(raw: bytes) -> list[bytes]:
     if len(raw) > MAX_HEAD:
         raise Malformed(f"the request head is over {MAX_HEAD // 1024} KiB", status=431)
     lines = raw.split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line for line in lines):
+    if raw.count(b"\n") != len(lines) - 1 or raw.count(b"\r") != len(lines) - 1:
         raise Malformed("a line of the head ends in a bare CR or LF")
     if len(lines) > MAX_HEADERS + 1:
         raise Malformed(f"more than {MAX_HEADERS} headers", status=431)
+    if b"\0" in raw:
+        raise Malformed("the head holds a NUL")
     return lines
 
 
-def _headers(lines: list[bytes]) -> list[tuple[str, str]]:
+def _headers(lines: list[bytes]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     headers = []
+    fields: dict[str, list[str]] = {}
     for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
+        match = _HEADER.fullmatch(line)
+        if match is None:
             raise Malformed("a header line is not 'Name: value' (no folding, no space before the colon)")
-        if b"\0" in value:
-            raise Malformed("a header value holds a NUL")
-        headers.append((name.decode(), value.strip(b" \t").decode("latin-1")))
-    return headers
+        name, value = match[1].decode(), match[2].decode("latin-1")
+        headers.append((name, value))
+        fields.setdefault(name.lower(), []).append(value)
+    return headers, fields
 
 
 def _frame(head: Head, *, request: bool) -> None:
     """How the body is delimited, and whether the connection stays open after it."""
-    lengths = [value for name, value in head.headers if name.lower() == "content-length"]
-    codings = [value for name, value in head.headers if name.lower() == "transfer-encoding"]
+    lengths = head.fields.get("content-length")
+    codings = head.fields.get("transfer-encoding")
     connection = {token.strip().lower() for token in head.get("connection").split(",")}
     head.keep_alive = "keep-alive" in connection if head.version == (1, 0) else "close" not in connection
     if lengths and codings:

@@ -68,12 +68,15 @@ def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
     if scheme.lower() == "bearer" and value.strip():
         found.append(value.strip())
     found.extend(headers[name] for name in KEY_HEADERS if headers.get(name))
-    found.extend(value for name, value in _parameters(query) if name == KEY_PARAMETER and value)
+    if query:
+        found.extend(value for name, value in _parameters(query) if name == KEY_PARAMETER and value)
     return found
 
 
 def query_without_key(query: str, key: str) -> str:
     """The raw query string, as the client encoded it, minus ``key=`` and any parameter carrying the proxy key."""
+    if not query:
+        return ""
     kept = [
         part
         for part, (name, value) in zip(query.split("&"), _parameters(query), strict=True)

@@ -68,6 +68,8 @@ def upstream_request(
 
 def with_query(client_query: str, required: Mapping[str, str]) -> str:
     """The client's query string as sent, plus the provider's parameters it does not set itself."""
+    if not required:
+        return f"?{client_query}" if client_query else ""
     given = {name for name, _ in parse_qsl(client_query, keep_blank_values=True)}
     extra = urlencode({k: v for k, v in required.items() if k not in given})
     joined = "&".join(part for part in (client_query, extra) if part)
