@@ -27,6 +27,8 @@ READ_TIMEOUT = 600.0
 """Longest silence between two pieces of an answer (a model may think for minutes)."""
 IDLE_TIMEOUT = 15.0
 """An idle connection is closed after this (aiohttp's choice): servers drop theirs after 5 s to minutes."""
+SWEEP = 1.0
+"""Seconds between two checks of the timeouts."""
 MAX_IDLE = 64
 """Idle connections kept per upstream."""
 ANSWER_HOP_BY_HOP = frozenset(
@@ -77,25 +79,21 @@ class Upstream(asyncio.Protocol):
         self._left = 0
         self._chunks: Chunks | None = None
         self._client_version = (1, 1)
-        self._idle: asyncio.TimerHandle | None = None
-        self._silence: asyncio.TimerHandle | None = None
         self._heard = 0.0
+        """When the upstream last sent a byte, or was last given a request or left idle."""
         self._heard_any = False
         self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.pool.opened(self)
 
     def send(self, method: str, data: bytes, answer: Answer, client_version: tuple[int, int]) -> None:
         assert self.transport is not None
         self._method, self._answer, self._client_version = method, answer, client_version
         self._head, self._buffer, self._chunks, self._heard_any = None, b"", None, False
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         self._heard = self._loop.time()
-        self._silence = self._loop.call_at(self._heard + READ_TIMEOUT, self._check_silence)
         self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
@@ -178,9 +176,7 @@ class Upstream(asyncio.Protocol):
 
     def _finish(self, reusable: bool) -> None:
         self._answer = None
-        if self._silence is not None:
-            self._silence.cancel()
-            self._silence = None
+        self._heard = self._loop.time()
         if self._method == "CONNECT":
             return  # the tunnel is open: TLS starts on it
         if reusable and self.transport is not None and not self.transport.is_closing():
@@ -193,8 +189,6 @@ class Upstream(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
         self.pool.forget(self)
         if self._answer is None:
             return
@@ -210,12 +204,12 @@ class Upstream(asyncio.Protocol):
         if answer is not None:
             answer.broke(why, again=self.reused and not self._heard_any)
 
-    def _check_silence(self) -> None:
-        left = self._heard + READ_TIMEOUT - self._loop.time()
-        if left > 0:
-            self._silence = self._loop.call_later(left, self._check_silence)
-        else:
+    def check(self, now: float) -> None:
+        """Give up on an answer silent for ``READ_TIMEOUT``; close a connection idle for ``IDLE_TIMEOUT``."""
+        if self._answer is not None and now - self._heard >= READ_TIMEOUT:
             self._fail("timed out")
+        elif self._answer is None and now - self._heard >= IDLE_TIMEOUT:
+            self.close()
 
     def abandon(self) -> None:
         """The client went away: the answer goes nowhere, and the connection is dropped."""
@@ -230,24 +224,36 @@ class Upstream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def idle(self) -> None:
-        self._idle = self._loop.call_later(IDLE_TIMEOUT, self.close)
-
     def close(self) -> None:
         """Drop the connection (which also cancels whatever the upstream was doing for it)."""
-        if self._silence is not None:
-            self._silence.cancel()
-            self._silence = None
         if self.transport is not None:
             self.transport.close()
 
 
 class Pool:
-    """Idle connections by route, taken last-in first-out (the warmest first)."""
+    """Idle connections by route, taken last-in first-out (the warmest first).
+
+    One timer, while any connection is open, checks them all every ``SWEEP`` seconds for
+    the timeouts: a timer per request, armed and cancelled, cost more than the check.
+    """
 
     def __init__(self) -> None:
         self._idle: defaultdict[Route, list[Upstream]] = defaultdict(list)
+        self._connections: set[Upstream] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = None
+
+    def opened(self, upstream: Upstream) -> None:
+        self._connections.add(upstream)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for upstream in list(self._connections):
+            upstream.check(now)
+        self._sweeper = loop.call_later(SWEEP, self._sweep) if self._connections else None
 
     async def connection(self, route: Route) -> Upstream:
         """An idle connection on ``route``, or a new one; ``UpstreamBroke`` when it cannot be had."""
@@ -269,19 +275,21 @@ class Pool:
         if len(idle) >= MAX_IDLE:
             upstream.close()
             return
-        upstream.idle()
         idle.append(upstream)
 
     def forget(self, upstream: Upstream) -> None:
+        self._connections.discard(upstream)
         idle = self._idle.get(upstream.route)
         if idle and upstream in idle:
             idle.remove(upstream)
 
     def close(self) -> None:
-        for idle in self._idle.values():
-            for upstream in list(idle):
-                upstream.close()
+        for upstream in list(self._connections):
+            upstream.close()
         self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     async def _open(self, route: Route) -> Upstream:
         loop = asyncio.get_running_loop()
