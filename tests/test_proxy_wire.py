@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import DaemonProcess
-from tests.test_proxy import KEY, PROXY, Proxied, login_key, proxied, proxy_answer, shared_proxy
+from tests.fakes.llm_upstream import FakeLLM
+from tests.fakes.tls_intercept import InterceptingProxy, TestCA
+from tests.test_proxy import KEY, PROXY, Proxied, call, login_key, proxied, proxy_answer, shared_proxy
 from tests.test_proxy_observability import metrics
 
 ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices": []}).encode()
@@ -260,3 +262,20 @@ def test_expect_100_continue_is_answered_once_the_key_is_seen(proxied: Proxied):
     assert status_of(answer) == 200, answer
     [seen] = proxied.llm.requests
     assert "Expect" not in seen.headers, "the body went whole: the upstream has nothing to expect"
+
+
+def test_an_https_upstream_behind_https_proxy_is_reached_through_one_kept_tunnel(daemon: DaemonProcess, tmp_path):
+    """``HTTPS_PROXY``: a ``CONNECT`` tunnel, TLS inside it checked against ``SSL_CERT_FILE``, kept for the next one."""
+    ca = TestCA(tmp_path)
+    with FakeLLM(style="openai", key=KEY) as llm, InterceptingProxy(ca, {"api.example.test": llm.url}) as tunnel:
+        daemon.write_config(f'{PROXY}\n[providers.openai]\nbase_url = "https://api.example.test/v1"\n')
+        daemon.start(extra_env={"HTTPS_PROXY": tunnel.url, "NO_PROXY": "", "SSL_CERT_FILE": str(ca.cert_file)})
+        login_key(daemon, "openai")
+        answer = proxy_answer(daemon, "openai")
+        for _ in range(2):
+            status, _, body = call(answer["base_url"] + "/chat/completions",
+                                   headers={"Authorization": f"Bearer {answer['access_token']}"})  # fmt: skip
+            assert status == 200, body
+        assert tunnel.connects == ["api.example.test"], "the tunnel was not kept for the second request"
+        assert [seen.headers["Authorization"] for seen in llm.requests] == [f"Bearer {KEY}"] * 2
+        assert llm.requests[0].headers["Host"] == "api.example.test"
