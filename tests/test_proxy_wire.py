@@ -279,3 +279,11 @@ def test_an_https_upstream_behind_https_proxy_is_reached_through_one_kept_tunnel
         assert tunnel.connects == ["api.example.test"], "the tunnel was not kept for the second request"
         assert [seen.headers["Authorization"] for seen in llm.requests] == [f"Bearer {KEY}"] * 2
         assert llm.requests[0].headers["Host"] == "api.example.test"
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_sent(proxied: Proxied):
+    answer = exchange(
+        proxied.answer["base_url"], chat(proxied.answer, headers=f"Content-Length: {64 * 1024 * 1024 + 1}\r\n")
+    )
+    assert status_of(answer) == 413
+    assert proxied.llm.requests == []

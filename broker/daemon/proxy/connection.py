@@ -39,18 +39,23 @@ Serve = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
 class Requests(Protocol):
+    """What the proxy does with a request (``AuthProxy``)."""
+
     def admit(self, connection: ClientConnection, head: Head) -> Serve | None:
         """Check a request from its head alone; ``None`` when it was answered already (refused)."""
 
 
 class ClientConnection(asyncio.Protocol):
+    """A client's connection: requests in, answers out, one exchange at a time."""
+
     def __init__(self, requests: Requests, guard: Guard, everyone: set[ClientConnection]) -> None:
         self.requests = requests
         self.guard = guard
         self._everyone = everyone
         """The proxy's open connections, which it closes when it stops."""
         self.transport: asyncio.Transport | None = None
-        self._buffer = b""
+        self._buffer = bytearray()
+        """What the client sent that is not read yet (a bytearray: a 64 MiB body arrives in many pieces)."""
         self._head: Head | None = None
         self._serve: Serve | None = None
         self._chunks: Chunks | None = None
@@ -63,6 +68,7 @@ class ClientConnection(asyncio.Protocol):
         self._on_answer: Callable[[float], None] | None = None
         self._last: Callable[[], None] | None = None
         self._peer: Peer | None = None
+        self._asked = 0.0
 
     # --- asyncio's side ------------------------------------------------------------------------
 
@@ -127,8 +133,8 @@ class ClientConnection(asyncio.Protocol):
             if len(self._buffer) > MAX_HEAD:
                 raise Malformed(f"the request head is over {MAX_HEAD // 1024} KiB", status=431)
             return False
-        head = parse_request(self._buffer[:end])
-        self._buffer = self._buffer[end + 4 :]
+        head = parse_request(bytes(self._buffer[:end]))
+        del self._buffer[: end + 4]
         if head.version == (1, 0):
             head.keep_alive = False  # an HTTP/1.0 client gets its answer, then the close
         if head.length is not None and head.length > MAX_BODY:
@@ -148,10 +154,10 @@ class ClientConnection(asyncio.Protocol):
         assert head is not None
         if self._chunks is not None:
             try:
-                used = self._chunks.feed(self._buffer)
+                used = self._chunks.feed(bytes(self._buffer))  # all of it until the last chunk
             except ValueError as exc:
                 raise Malformed(f"the chunked body is malformed: {exc}") from None
-            self._buffer = self._buffer[used:]
+            del self._buffer[:used]
             if self._chunks.size > MAX_BODY:
                 raise Malformed(f"the request body is over {MAX_BODY // 1024 // 1024} MiB", status=413)
             if not self._chunks.done:
@@ -162,7 +168,8 @@ class ClientConnection(asyncio.Protocol):
         length = head.length or 0
         if len(self._buffer) < length:
             return None
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        body = bytes(self._buffer[:length])
+        del self._buffer[:length]
         return body
 
     def _served(self, task: asyncio.Task[None]) -> None:
@@ -240,6 +247,8 @@ class ClientConnection(asyncio.Protocol):
             answered.set_exception(TryAgain() if again else UpstreamBroke(why))
             return
         exchange.cut_short("upstream", f"upstream broke off ({why})")
+        if self._last is not None:
+            self._last()  # logged before the client sees the cut
         if self.transport is not None:
             self.transport.close()  # the client must see a cut answer, not a complete one
         answered.set_result(None)
