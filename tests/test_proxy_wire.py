@@ -287,3 +287,17 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent(proxied: Proxied):
     )
     assert status_of(answer) == 413
     assert proxied.llm.requests == []
+
+
+def test_an_http_proxys_credentials_go_to_it_and_no_further(daemon: DaemonProcess):
+    with FakeLLM(style="openai", key=KEY) as forward:
+        daemon.write_config(f'{PROXY}\n[providers.openai]\nbase_url = "http://upstream.invalid/v1"\n')
+        daemon.start(extra_env={"HTTP_PROXY": forward.url.replace("http://", "http://me:s3cret@"), "NO_PROXY": ""})
+        login_key(daemon, "openai")
+        answer = proxy_answer(daemon, "openai")
+        status, _, body = call(answer["base_url"] + "/chat/completions",
+                               headers={"Authorization": f"Bearer {answer['access_token']}"})  # fmt: skip
+        assert status == 200, body
+        [seen] = forward.requests
+        assert seen.headers["Proxy-Authorization"] == "Basic bWU6czNjcmV0"  # me:s3cret
+        assert seen.headers["Host"] == "upstream.invalid"

@@ -26,6 +26,7 @@ that rotates every 25 minutes (Copilot) never reaches the tool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from aiohttp import BasicAuth
 from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
@@ -74,7 +76,6 @@ FreshToken = Callable[[str, str | None, float, Peer], Awaitable[tuple[Provider, 
 class Admitted:
     """A request whose head passed the key check: what serving it needs from the head."""
 
-    head: Head
     headers: CIMultiDict[str]
     exchange: Exchange
     name: str
@@ -227,7 +228,7 @@ class AuthProxy:
             connection.answer_error(exc, close=True)  # its body is not read: the connection cannot go on
             self._done(exchange)
             return None
-        admitted = Admitted(head, headers, exchange, name, account, tail, query, key)
+        admitted = Admitted(headers, exchange, name, account, tail, query, key)
         return functools.partial(self.serve, connection, admitted)
 
     async def serve(self, connection: ClientConnection, admitted: Admitted, body: bytes) -> None:
@@ -278,8 +279,7 @@ class AuthProxy:
         query = with_query(query_without_key(admitted.query, admitted.key), served.get("query") or {})
         headers = upstream_headers(admitted.headers, served, credential.access_token, admitted.key)
         target = f"{base_path}/{admitted.tail}{query}"
-        via = route.via if route.scheme == "http" else None
-        request = upstream_request(exchange.method, target, host, headers, body, via)
+        request = upstream_request(exchange.method, target, host, headers, body, route)
         exchange.sent = len(body)
 
         def answered(seconds: float) -> None:
@@ -291,9 +291,7 @@ class AuthProxy:
         while True:
             try:
                 upstream = await self._pool.connection(route)
-                await connection.relay(
-                    upstream, exchange.method, request, exchange, answered, lambda: self._done(exchange)
-                )
+                await connection.relay(upstream, exchange.method, request, exchange, answered, last)
                 return
             except TryAgain:
                 continue  # a kept connection the upstream had closed meanwhile
@@ -319,16 +317,16 @@ class AuthProxy:
         cached = self._upstreams.get((base_url, configured))
         if cached is None:
             url = URL(base_url.rstrip("/"), encoded=True)
+            via: URL | None = None
+            auth: BasicAuth | None = None
             if configured:
-                via: URL | None = URL(configured)
+                via = URL(configured)
             else:
-                try:
-                    via = get_env_proxy_for_url(url)[0]
-                except LookupError:
-                    via = None
+                with contextlib.suppress(LookupError):
+                    via, auth = get_env_proxy_for_url(url)
             if len(self._upstreams) > 256:
                 self._upstreams.clear()
-            route = Route.of(url, via)
+            route = Route.of(url, via, auth.encode() if auth is not None else None)
             cached = self._upstreams[(base_url, configured)] = (
                 route,
                 url.host_port_subcomponent or "",

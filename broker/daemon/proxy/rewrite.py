@@ -9,10 +9,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from multidict import CIMultiDict
-from yarl import URL
 
 from broker.daemon.proxy.keys import KEY_HEADERS
-from broker.daemon.proxy.upstream import proxy_authorization
+from broker.daemon.proxy.upstream import Route
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
@@ -46,19 +45,18 @@ def upstream_headers(
 
 
 def upstream_request(
-    method: str, target: str, host: str, headers: CIMultiDict[str], body: bytes, via: URL | None
+    method: str, target: str, host: str, headers: CIMultiDict[str], body: bytes, route: Route
 ) -> bytes:
     """The request as it goes on the wire, body included: one write.
 
-    ``via``: the HTTP proxy an ``http://`` upstream is reached through; the target is then
-    absolute and the proxy's credentials go along (an ``https://`` upstream is reached
-    through a ``CONNECT`` tunnel, and asked as without a proxy).
+    Through an HTTP proxy an ``http://`` upstream gets an absolute target, and the proxy its
+    credentials; an ``https://`` one is reached through a ``CONNECT`` tunnel (``upstream``),
+    and asked as without a proxy.
     """
-    if via is not None:
-        auth = proxy_authorization(via)
+    if route.via is not None and route.scheme == "http":
         target = f"http://{host}{target}"
-        if auth is not None:
-            headers["Proxy-Authorization"] = auth
+        if route.via_authorization is not None:
+            headers["Proxy-Authorization"] = route.via_authorization
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     if body or method in ("POST", "PUT", "PATCH"):

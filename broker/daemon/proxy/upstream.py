@@ -58,10 +58,15 @@ class Route:
     host: str
     port: int
     via: URL | None = None
+    via_authorization: str | None = None
+    """``Proxy-Authorization`` for ``via``: from its URL's credentials (or ``~/.netrc``, as aiohttp reads it)."""
 
     @classmethod
-    def of(cls, url: URL, via: URL | None) -> Route:
-        return cls(url.scheme, url.raw_host or "", url.port or (443 if url.scheme == "https" else 80), via)
+    def of(cls, url: URL, via: URL | None, via_auth: str | None = None) -> Route:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        if via is not None and via.user is not None:
+            via_auth = "Basic " + base64.b64encode(f"{via.user}:{via.password or ''}".encode()).decode()
+        return cls(url.scheme, url.raw_host or "", port, via, via_auth)
 
 
 class Upstream(asyncio.Protocol):
@@ -318,19 +323,11 @@ class Pool:
         return self._ssl
 
 
-def proxy_authorization(via: URL) -> str | None:
-    """``Proxy-Authorization`` for a proxy URL with credentials in it."""
-    if via.user is None:
-        return None
-    pair = f"{via.user}:{via.password or ''}".encode()
-    return "Basic " + base64.b64encode(pair).decode()
-
-
 async def _tunnel(transport: asyncio.Transport, upstream: Upstream, route: Route) -> None:
     """``CONNECT host:port`` through the proxy; ``UpstreamBroke`` unless it answers 2xx."""
     assert route.via is not None
     authority = f"{route.host}:{route.port}" if ":" not in route.host else f"[{route.host}]:{route.port}"
-    auth = proxy_authorization(route.via)
+    auth = route.via_authorization
     request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
     request += f"Proxy-Authorization: {auth}\r\n" if auth else ""
     waiter = _HeadWaiter()
