@@ -29,6 +29,7 @@ IDLE_TIMEOUT = 15.0
 """An idle connection is closed after this (aiohttp's choice): servers drop theirs after 5 s to minutes."""
 SWEEP = 1.0
 """Seconds between two checks of the timeouts."""
+MAX_ANSWER_HEAD = 128 * 1024
 MAX_IDLE = 64
 """Idle connections kept per upstream."""
 ANSWER_HOP_BY_HOP = frozenset(
@@ -41,13 +42,14 @@ class UpstreamBroke(Exception):
 
 
 class Answer(Protocol):
-    """The client's side of one exchange, which an upstream's answer is written into."""
+    """The client's side of one exchange, which an upstream's answer is written into.
+
+    ``broke(why, again=True)``: a kept connection closed before answering; the request may go on a new one.
+    """
 
     def begin(self, status: int, head: bytes) -> None: ...
     def piece(self, data: bytes, *, last: bool) -> None: ...
     def broke(self, why: str, *, again: bool) -> None: ...
-
-    """``again``: a reused connection closed before any answer: the request may go on a new one."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Upstream(asyncio.Protocol):
         while True:
             end = self._buffer.find(HEAD_END)
             if end < 0:
-                if len(self._buffer) > 2 * 64 * 1024:
+                if len(self._buffer) > MAX_ANSWER_HEAD:
                     self._fail("its answer's head is too large")
                 return b""
             try:
@@ -157,25 +159,28 @@ class Upstream(asyncio.Protocol):
         assert self._answer is not None and self._head is not None
         if self._chunks is not None:
             used = self._chunks.feed(data)
+            extra = used < len(data)
             if self._chunks.payload is not None:  # an HTTP/1.0 client: the payload alone, then close
                 data, self._chunks.payload[:] = b"".join(self._chunks.payload), []
             else:
                 data = data[:used]
-            self._relay(data, self._chunks.done)
+            self._relay(data, self._chunks.done, extra)
         elif self._left >= 0:
+            extra = len(data) > self._left
             data = data[: self._left]
             self._left -= len(data)
-            self._relay(data, self._left == 0)
+            self._relay(data, self._left == 0, extra)
         elif data and self._client_version != (1, 0):
             self._answer.piece(b"%x\r\n%b\r\n" % (len(data), data), last=False)
         elif data:
             self._answer.piece(data, last=False)
 
-    def _relay(self, data: bytes, last: bool) -> None:
+    def _relay(self, data: bytes, last: bool, extra: bool) -> None:
+        """``extra``: bytes after the answer's end, which no request asked for: the connection is not reused."""
         answer = self._answer
         assert answer is not None and self._head is not None
         if last:
-            self._finish(self._head.keep_alive)
+            self._finish(self._head.keep_alive and not extra)
         if data or last:
             answer.piece(data, last=last)
 
