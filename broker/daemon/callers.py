@@ -4,7 +4,9 @@
 line, the processes that started it (``broker token`` run by Claude Code's
 ``apiKeyHelper`` has ``claude`` among them) and its cgroup, whose path names its systemd
 unit. Reading all that costs a few dozen system calls, so it is done once per connection,
-and only when a provider's ``callers`` policy or the audit trail needs it.
+and only when a provider's ``callers`` policy or the audit trail needs it. The parents are
+read on first use: a policy reads them before it answers, the audit just after (a
+``broker token`` may exit as soon as it has its answer, the shell that ran it does not).
 
 What this can and cannot tell: a process of another user cannot pass for the owner's
 (the uid is the kernel's), but the owner's own processes choose their command lines and
@@ -75,8 +77,21 @@ class Caller:
     """A connecting process, the processes that started it (nearest first), and its cgroup."""
 
     process: Process
-    ancestors: tuple[Process, ...]
+    parent: int
+    """The parent's pid when the process was read (0: none)."""
     cgroup: str | None
+
+    @cached_property
+    def ancestors(self) -> tuple[Process, ...]:
+        """The processes that started it, nearest first, read from ``/proc`` on first use."""
+        found: list[Process] = []
+        parent = self.parent
+        while parent > 1 and len(found) < MAX_ANCESTORS:
+            ancestor, parent = _read(parent)
+            if ancestor is None:
+                break
+            found.append(ancestor)
+        return tuple(found)
 
     @property
     def unit(self) -> str | None:
@@ -132,27 +147,19 @@ class Peer:
 
 
 def identify(pid: int) -> Caller | None:
-    """The process ``pid`` and its ancestors; ``None`` when it is gone already."""
+    """The process ``pid`` (its ancestors on first use); ``None`` when it is gone already."""
     process, parent = _read(pid)
     if process is None:
         return None
-    ancestors: list[Process] = []
-    while parent > 1 and len(ancestors) < MAX_ANCESTORS:
-        ancestor, parent = _read(parent)
-        if ancestor is None:
-            break
-        ancestors.append(ancestor)
-    return Caller(process, tuple(ancestors), _cgroup(pid))
+    return Caller(process, parent, _cgroup(pid))
 
 
 def _read(pid: int) -> tuple[Process | None, int]:
     """The process and its parent's pid; ``(None, 0)`` when ``/proc`` no longer has it."""
     base = f"/proc/{pid}"
     try:
-        with open(f"{base}/stat", "rb") as file:
-            stat = file.read()
-        with open(f"{base}/cmdline", "rb") as file:
-            raw = file.read(4096)
+        stat = _read_file(f"{base}/stat")
+        raw = _read_file(f"{base}/cmdline")
     except OSError:
         return None, 0
     parent = int(stat[stat.rindex(b")") + 2 :].split(None, 2)[1])  # after "(comm)": state, then ppid
@@ -167,8 +174,7 @@ def _read(pid: int) -> tuple[Process | None, int]:
 def _cgroup(pid: int) -> str | None:
     """The unified hierarchy's path; on a hybrid system, the named systemd hierarchy's when that says more."""
     try:
-        with open(f"/proc/{pid}/cgroup") as file:
-            lines = file.read().splitlines()
+        lines = _read_file(f"/proc/{pid}/cgroup", 1 << 16).decode(errors="replace").splitlines()
     except OSError:
         return None
     paths = {}
@@ -179,6 +185,16 @@ def _cgroup(pid: int) -> str | None:
     if unified and unified != "/":
         return unified
     return named or unified
+
+
+def _read_file(path: str, limit: int = 4096) -> bytes:
+    """The start of a ``/proc`` file (procfs answers in one read), without a buffered file object:
+    this runs on every new connection."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def _interpreter(exe: str) -> bool:
