@@ -1,7 +1,5 @@
 """``broker token NAME``: only the access token, for ``$(...)``; ``--json`` for all of it."""
 
-from __future__ import annotations
-
 import json
 import sys
 
@@ -12,7 +10,7 @@ if TYPE_CHECKING:
     import argparse
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: "argparse.Namespace") -> int:
     with client(args) as daemon:
         token = daemon.token(args.provider, args.account, args.min_ttl)
     if args.json:

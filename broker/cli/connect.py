@@ -1,7 +1,5 @@
 """The one client a command uses, honouring ``broker --socket``."""
 
-from __future__ import annotations
-
 from broker.client import Client
 
 TYPE_CHECKING = False  # broker token runs without argparse
@@ -9,5 +7,5 @@ if TYPE_CHECKING:
     import argparse
 
 
-def client(args: argparse.Namespace, timeout: float = 60.0) -> Client:
+def client(args: "argparse.Namespace", timeout: float = 60.0) -> Client:
     return Client(getattr(args, "socket", None), timeout=timeout)

@@ -8,8 +8,6 @@ returns None and goes to argparse, which stays the one definition of the interfa
 argparse reads the same.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
@@ -19,7 +17,7 @@ GLOBAL_VALUES = {"--socket": "socket", "--config": "config"}
 TOKEN_VALUES = {"--account": "account", "--min-ttl": "min_ttl"}
 
 
-def fast_args(argv: Sequence[str]) -> argparse.Namespace | None:
+def fast_args(argv: "Sequence[str]") -> "argparse.Namespace | None":
     found: dict[str, object] = {"socket": None, "config": None, "no_color": False}
     words = list(argv)
     if "__complete" in words[:1]:

@@ -6,8 +6,6 @@ hint, a closed pipe (``| head``) ends quietly, Ctrl-C exits 130, and anything el
 reported as a bug in one line (``BROKER_DEBUG=1`` shows the traceback).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -24,7 +22,7 @@ MODULES = {"__complete": "complete", "install-service": "install_service", "prox
 """Commands whose module name is not ``cmd_<command>``."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         status = _run(argv)
@@ -65,7 +63,7 @@ def _run(argv: list[str]) -> int:
     return status
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]) -> "argparse.Namespace":
     """argparse, with ``exec``'s command split off at the first ``--`` (argparse mishandles it in a subcommand)."""
     from broker.cli.parser import build_parser
 
@@ -79,7 +77,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _broker_error(exc: Exception) -> BrokerError | None:
+def _broker_error(exc: Exception) -> "BrokerError | None":
     """``exc`` if it is one of broker's errors.
 
     ``broker.errors`` is imported where an error is raised, not before: its classes
@@ -93,7 +91,7 @@ def _broker_error(exc: Exception) -> BrokerError | None:
     return exc if isinstance(exc, BrokerError) else None
 
 
-def report(exc: BrokerError) -> None:
+def report(exc: "BrokerError") -> None:
     """An error for a person: what is wrong, then what to do (no control character reaches the terminal)."""
     from broker.cli.style import paint
     from broker.core.sanitize import printable

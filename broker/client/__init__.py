@@ -11,8 +11,6 @@ can use it too (``await aget_token(...)`` in asyncio code)::
                     default_headers=token["headers"])
 """
 
-from __future__ import annotations
-
 import json
 import os
 
@@ -36,7 +34,14 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 
 def default_socket_path() -> str:
-    """Where the daemon listens: ``$BROKER_SOCKET``, else the config's ``[daemon] socket`` or the default."""
+    """Where the daemon listens: ``$BROKER_SOCKET``, else the config's ``[daemon] socket`` or the default.
+
+    A plain absolute ``BROKER_SOCKET`` (nothing to expand) is taken as it is, without
+    loading the config readers: that is the common case of ``$(broker token x)``.
+    """
+    explicit = os.environ.get("BROKER_SOCKET", "")
+    if explicit.startswith("/") and not any(mark in explicit for mark in "$\0"):
+        return explicit
     from broker.core.locations import socket_path
 
     return socket_path(os.environ)
@@ -56,20 +61,20 @@ def query(**values: object) -> str:
 class Client:
     """One keep-alive connection to the daemon."""
 
-    def __init__(self, socket_path: Path | str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, socket_path: "Path | str | None" = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self.socket_path = str(socket_path) if socket_path else default_socket_path()
         self._conn = Connection(self.socket_path, timeout)
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> "Client":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, body: "dict[str, Any] | None" = None) -> "Any":
         """Send one request; the decoded JSON answer, or the daemon's error raised."""
         response = self._send(method, path, body)
         try:
@@ -88,7 +93,7 @@ class Client:
             raise from_wire(data)
         return data
 
-    def stream(self, method: str, path: str, body: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def stream(self, method: str, path: str, body: "dict[str, Any] | None" = None) -> "Iterator[dict[str, Any]]":
         """Yield the NDJSON events of a streaming answer (a login) as they arrive."""
         response = self._send(method, path, body)
         if response.status >= 400:
@@ -103,13 +108,13 @@ class Client:
         except (OSError, ProtocolError) as exc:
             raise self._stopped(exc) from None
 
-    def token(self, provider: str, account: str | None = None, min_ttl: float | None = None) -> dict[str, Any]:
+    def token(self, provider: str, account: str | None = None, min_ttl: float | None = None) -> "dict[str, Any]":
         result: dict[str, Any] = self.request(
             "GET", f"/v1/token/{quote(provider)}" + query(account=account, min_ttl=min_ttl)
         )
         return result
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Response:
+    def _send(self, method: str, path: str, body: "dict[str, Any] | None") -> Response:
         payload = json.dumps(body).encode() if body is not None else None
         try:
             return self._conn.request(method, path, payload)
@@ -124,7 +129,7 @@ class Client:
         except (OSError, ProtocolError) as exc:
             raise self._stopped(exc) from None
 
-    def _stopped(self, exc: Exception) -> DaemonUnavailable:
+    def _stopped(self, exc: Exception) -> "DaemonUnavailable":
         from broker.core.errors import DaemonUnavailable
 
         self._conn.close()
@@ -133,16 +138,16 @@ class Client:
 
 
 def get_token(
-    provider: str, account: str | None = None, min_ttl: float | None = None, socket_path: Path | str | None = None
-) -> dict[str, Any]:
+    provider: str, account: str | None = None, min_ttl: float | None = None, socket_path: "Path | str | None" = None
+) -> "dict[str, Any]":
     """A fresh token for ``provider``: access_token, base_url, headers, expires_at, api."""
     with Client(socket_path) as client:
         return client.token(provider, account, min_ttl)
 
 
 async def aget_token(
-    provider: str, account: str | None = None, min_ttl: float | None = None, socket_path: Path | str | None = None
-) -> dict[str, Any]:
+    provider: str, account: str | None = None, min_ttl: float | None = None, socket_path: "Path | str | None" = None
+) -> "dict[str, Any]":
     """``get_token`` for asyncio programs.
 
     The same client, in a worker thread: one code path checks who answers on the socket

@@ -5,8 +5,6 @@ more than the rest of the command. The daemon speaks plain HTTP/1.1 with JSON or
 chunked NDJSON bodies, so this reads exactly that and nothing more.
 """
 
-from __future__ import annotations
-
 import io
 import socket
 
@@ -41,7 +39,7 @@ class Response:
             data += chunk
         return data
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> "Iterator[bytes]":
         """The body, piece by piece as it arrives."""
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
@@ -66,7 +64,7 @@ class Response:
     def read(self) -> bytes:
         return b"".join(self.chunks())
 
-    def lines(self) -> Iterator[bytes]:
+    def lines(self) -> "Iterator[bytes]":
         """Complete lines of an NDJSON body, each as soon as it is whole."""
         pending = b""
         for chunk in self.chunks():

@@ -20,8 +20,6 @@ its mtime is ``SETTLED_NS`` old. The memo is read only if it is the user's own (
 directory nobody else can write to); anything off, and the file is parsed as before.
 """
 
-from __future__ import annotations
-
 import os
 
 from broker.core.paths import config_path, default_socket_path, expand_path
@@ -38,7 +36,7 @@ SETTLED_NS = 2_000_000_000
 NOT_REMEMBERED = object()
 
 
-def socket_path(env: Mapping[str, str] = os.environ) -> str:
+def socket_path(env: "Mapping[str, str]" = os.environ) -> str:
     """Where clients find the daemon: ``$BROKER_SOCKET``, the config's ``[daemon] socket``, the default."""
     explicit = env.get("BROKER_SOCKET")
     if explicit:
@@ -70,7 +68,7 @@ def socket_path(env: Mapping[str, str] = os.environ) -> str:
     return _socket_from_file(env, path)
 
 
-def _socket_from_file(env: Mapping[str, str], path: str) -> str:
+def _socket_from_file(env: "Mapping[str, str]", path: str) -> str:
     """The socket the config file at ``path`` names, parsed with tomllib, then remembered."""
     import time
 
@@ -100,11 +98,11 @@ def _identity(path: str, info: os.stat_result) -> list[object]:
     return [path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
-def _memo_path(env: Mapping[str, str]) -> str:
+def _memo_path(env: "Mapping[str, str]") -> str:
     return os.path.join(os.path.dirname(default_socket_path(env)), MEMO)
 
 
-def _recall(env: Mapping[str, str], path: str, info: os.stat_result) -> object:
+def _recall(env: "Mapping[str, str]", path: str, info: os.stat_result) -> object:
     """The remembered ``[daemon] socket`` of the file (a string, or None: not set), else ``NOT_REMEMBERED``."""
     import json
 
@@ -130,7 +128,7 @@ def _recall(env: Mapping[str, str], path: str, info: os.stat_result) -> object:
     return socket if socket is None or isinstance(socket, str) else NOT_REMEMBERED
 
 
-def _remember(env: Mapping[str, str], path: str, info: os.stat_result, socket: str | None, read_at_ns: int) -> None:
+def _remember(env: "Mapping[str, str]", path: str, info: os.stat_result, socket: str | None, read_at_ns: int) -> None:
     """Keep ``socket`` for the file whose identity ``info`` is, once the file has settled; never raises."""
     import json
 
@@ -163,7 +161,7 @@ def _remember(env: Mapping[str, str], path: str, info: os.stat_result, socket: s
             pass
 
 
-def _unreadable(env: Mapping[str, str], exc: OSError) -> NoReturn:
+def _unreadable(env: "Mapping[str, str]", exc: OSError) -> "NoReturn":
     """Raise why the config file cannot be read, as the daemon would say it."""
     from broker.core.toml_source import read_source
 
@@ -171,7 +169,7 @@ def _unreadable(env: Mapping[str, str], exc: OSError) -> NoReturn:
     raise exc
 
 
-def _daemon_table(text: str, path: str, env: Mapping[str, str]) -> tuple[Any, str]:
+def _daemon_table(text: str, path: str, env: "Mapping[str, str]") -> "tuple[Any, str]":
     """The ``daemon`` value of the document, and the text it was parsed from.
 
     That is the file, or its ``[daemon]`` lines alone if the file does not parse: the text
@@ -206,7 +204,7 @@ def _daemon_lines(text: str) -> str:
     return "\n".join(kept)
 
 
-def _socket_error(env: Mapping[str, str], path: str, text: str, daemon: Any) -> NoReturn:
+def _socket_error(env: "Mapping[str, str]", path: str, text: str, daemon: "Any") -> "NoReturn":
     """Raise the daemon's own error for a bad ``[daemon] socket``: file, line, key and what is wrong."""
     from pathlib import Path
 

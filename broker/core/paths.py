@@ -4,8 +4,6 @@ The client's fast path and the daemon both start here, so daemon and clients agr
 every path. Standard library only (``os``), and nothing of broker.
 """
 
-from __future__ import annotations
-
 import os
 
 TYPE_CHECKING = False
@@ -13,29 +11,29 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
-def home(env: Mapping[str, str]) -> str:
+def home(env: "Mapping[str, str]") -> str:
     return env.get("HOME") or os.path.expanduser("~")
 
 
-def tilde(value: str, env: Mapping[str, str]) -> str:
+def tilde(value: str, env: "Mapping[str, str]") -> str:
     """``~`` and ``~/x`` from ``$HOME`` of ``env``; ``~user`` as the system says."""
     if value == "~" or value.startswith("~/"):
         return home(env) + value[1:]
     return os.path.expanduser(value)
 
 
-def xdg(env: Mapping[str, str], name: str, fallback: str) -> str:
+def xdg(env: "Mapping[str, str]", name: str, fallback: str) -> str:
     """An XDG base directory; relative values are ignored, as the spec says."""
     value = env.get(name, "")
     return value if os.path.isabs(value) else os.path.join(home(env), fallback)
 
 
-def default_config_path(env: Mapping[str, str]) -> str:
+def default_config_path(env: "Mapping[str, str]") -> str:
     """``$XDG_CONFIG_HOME/broker/config.toml`` (``~/.config/broker/config.toml``)."""
     return os.path.join(xdg(env, "XDG_CONFIG_HOME", ".config"), "broker", "config.toml")
 
 
-def config_path(env: Mapping[str, str]) -> tuple[str, bool]:
+def config_path(env: "Mapping[str, str]") -> tuple[str, bool]:
     """The config file to read, and whether ``BROKER_CONFIG`` named it (then it must exist)."""
     explicit = env.get("BROKER_CONFIG")
     if explicit:
@@ -43,7 +41,7 @@ def config_path(env: Mapping[str, str]) -> tuple[str, bool]:
     return default_config_path(env), False
 
 
-def default_socket_path(env: Mapping[str, str]) -> str:
+def default_socket_path(env: "Mapping[str, str]") -> str:
     """``$XDG_RUNTIME_DIR/broker/broker.sock``, else ``/tmp/broker-$UID/broker.sock``.
 
     Not ``$TMPDIR``: the daemon and every client must agree on the path without talking.
@@ -54,7 +52,7 @@ def default_socket_path(env: Mapping[str, str]) -> str:
     return f"/tmp/broker-{os.getuid()}/broker.sock"  # noqa: S108
 
 
-def expand_path(value: str, env: Mapping[str, str]) -> str:
+def expand_path(value: str, env: "Mapping[str, str]") -> str:
     """``~``, then ``$VAR`` and ``${VAR}``; an unset variable is an error, not a literal.
 
     Raises ValueError saying what is wrong. Written without ``re``: the fast path avoids it.

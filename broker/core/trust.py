@@ -13,8 +13,6 @@ Standard library only, one ``getsockopt`` and one ``stat`` per check: the fast c
 path runs this on every ``broker token``.
 """
 
-from __future__ import annotations
-
 import os
 import socket
 import sys
@@ -47,7 +45,7 @@ def owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def directory_problem(directory: str | Path, uid: int) -> str | None:
+def directory_problem(directory: "str | Path", uid: int) -> str | None:
     """Why ``directory`` cannot hold broker's socket or files safely; ``None`` when it can."""
     info = os.stat(directory)
     if info.st_uid != uid:
@@ -68,7 +66,7 @@ def check_daemon(sock: socket.socket, path: str) -> None:
         raise Untrusted(problem)
 
 
-def ensure_private_dir(directory: Path) -> None:
+def ensure_private_dir(directory: "Path") -> None:
     """Create ``directory`` (and missing parents) 0700, or check one that exists; raise ``Untrusted``."""
     missing = []
     level = directory
