@@ -1,5 +1,5 @@
 """``python -m broker`` is the same as the ``broker`` console script."""
 
-from broker.cli.main import main
+from broker.cli.main import entry
 
-raise SystemExit(main())
+entry()

@@ -90,3 +90,18 @@ def test_token_loads_no_module_beyond_the_floor_but_brokers_own(
     assert "broker.core.errors" not in loaded  # its classes are 3% of the command: loaded when one is raised
     assert ("tomllib" in first) == (named_by == "config file")
     assert ("broker.core.locations" in loaded) == (named_by == "config file")  # a plain BROKER_SOCKET is taken as is
+
+
+def test_the_quick_exit_of_broker_token_keeps_its_output_and_status(daemon: DaemonProcess, oauth: FakeOAuthServer):
+    # `broker token` leaves through os._exit, skipping Python's teardown: what it printed,
+    # on a pipe as in $(...), and its exit status must still all arrive.
+    daemon.write_config(acme_config(oauth))
+    daemon.start()
+    device_login(daemon, oauth)
+    broker = [sys.executable, "-m", "broker"]
+    piped = subprocess.run([*broker, "token", "acme", "--json"], env=daemon.env, capture_output=True, text=True)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["access_token"]
+    unknown = subprocess.run([*broker, "token", "nobody"], env=daemon.env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and unknown.stdout == ""  # unknown_provider's exit status
+    assert unknown.stderr.startswith("broker: unknown_provider: no provider named 'nobody'")
+    assert "broker providers" in unknown.stderr
