@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ class AuditTrail:
         self.path = path
         self.clock = clock
         self.max_bytes = max_bytes
-        self._pending: list[Callable[[], dict[str, Any]]] = []
+        self._pending: list[dict[str, Any]] = []
         self._flushing: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
 
@@ -57,20 +57,16 @@ class AuditTrail:
         if token in peer.audited or not token:
             return
         peer.audited.add(token)
-        caller = peer.caller  # the process itself now: it may exit as soon as it has its answer
-        if caller is not None:  # its parents just after the answer went out, off the caller's wait
-            asyncio.get_running_loop().call_soon(lambda: caller.ancestors)
-        self._add("token", credential.key, fingerprint(token), peer.audit_fields)
+        self._add("token", credential.key, fingerprint(token), peer.audit_fields())
 
     def refreshed(self, key: CredentialKey, credential: Credential | None, result: str) -> None:
         """A refresh ended: ``ok`` with the new credential, or an error code."""
         token = credential.access_token if credential is not None else ""
-        self._add("refresh", key, fingerprint(token) if token else None, lambda: {"via": "daemon", "result": result})
+        self._add("refresh", key, fingerprint(token) if token else None, {"via": "daemon", "result": result})
 
-    def _add(self, event: str, key: CredentialKey, stamp: str | None, fields: Callable[[], dict[str, Any]]) -> None:
-        """Queue an entry; ``fields`` are read when it is written, so what they read lazily stays off the request."""
+    def _add(self, event: str, key: CredentialKey, stamp: str | None, fields: dict[str, Any]) -> None:
         entry = {"time": round(self.clock.now(), 3), "event": event, "provider": key[0], "account": key[1]}
-        self._pending.append(lambda: {**entry, "fingerprint": stamp, **fields()})
+        self._pending.append({**entry, "fingerprint": stamp, **fields})
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
 
@@ -83,7 +79,7 @@ class AuditTrail:
             if self._flushing is not None:
                 self._flushing.cancel()
                 self._flushing = None
-            batch, self._pending = [entry() for entry in self._pending], []
+            batch, self._pending = self._pending, []
             if batch:
                 try:
                     await asyncio.to_thread(self._write, batch)

@@ -4,9 +4,9 @@
 line, the processes that started it (``broker token`` run by Claude Code's
 ``apiKeyHelper`` has ``claude`` among them) and its cgroup, whose path names its systemd
 unit. Reading all that costs a few dozen system calls, so it is done once per connection,
-and only when a provider's ``callers`` policy or the audit trail needs it. The parents are
-read on first use: a policy reads them before it answers, the audit just after (a
-``broker token`` may exit as soon as it has its answer, the shell that ran it does not).
+and only when a provider's ``callers`` policy or the audit trail needs it. All of it is read
+before the answer: a ``broker token`` exits as soon as it has it, and the ``sh -c`` that ran
+it right after.
 
 What this can and cannot tell: a process of another user cannot pass for the owner's
 (the uid is the kernel's), but the owner's own processes choose their command lines and
@@ -77,21 +77,8 @@ class Caller:
     """A connecting process, the processes that started it (nearest first), and its cgroup."""
 
     process: Process
-    parent: int
-    """The parent's pid when the process was read (0: none)."""
+    ancestors: tuple[Process, ...]
     cgroup: str | None
-
-    @cached_property
-    def ancestors(self) -> tuple[Process, ...]:
-        """The processes that started it, nearest first, read from ``/proc`` on first use."""
-        found: list[Process] = []
-        parent = self.parent
-        while parent > 1 and len(found) < MAX_ANCESTORS:
-            ancestor, parent = _read(parent)
-            if ancestor is None:
-                break
-            found.append(ancestor)
-        return tuple(found)
 
     @property
     def unit(self) -> str | None:
@@ -147,11 +134,17 @@ class Peer:
 
 
 def identify(pid: int) -> Caller | None:
-    """The process ``pid`` (its ancestors on first use); ``None`` when it is gone already."""
+    """The process ``pid`` and its ancestors; ``None`` when it is gone already."""
     process, parent = _read(pid)
     if process is None:
         return None
-    return Caller(process, parent, _cgroup(pid))
+    ancestors: list[Process] = []
+    while parent > 1 and len(ancestors) < MAX_ANCESTORS:
+        ancestor, parent = _read(parent)
+        if ancestor is None:
+            break
+        ancestors.append(ancestor)
+    return Caller(process, tuple(ancestors), _cgroup(pid))
 
 
 def _read(pid: int) -> tuple[Process | None, int]:

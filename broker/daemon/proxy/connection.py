@@ -54,6 +54,8 @@ class ClientConnection(asyncio.Protocol):
         self._everyone = everyone
         """The proxy's open connections, which it closes when it stops."""
         self.transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        """Kept: on Python 3.11 each ``get_running_loop()`` is a ``getpid`` system call."""
         self._buffer = bytearray()
         """What the client sent that is not read yet (a bytearray: a 64 MiB body arrives in many pieces)."""
         self._head: Head | None = None
@@ -124,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
         if body is None:
             return
         assert self._serve is not None
-        self._task = asyncio.get_running_loop().create_task(self._serve(body))
+        self._task = self._loop.create_task(self._serve(body))
         self._task.add_done_callback(self._served)
 
     def _read_head(self) -> bool:
@@ -208,9 +210,9 @@ class ClientConnection(asyncio.Protocol):
         last piece goes out, so a client holding the whole answer finds its log line written.
         """
         self._upstream, self._exchange = upstream, exchange
-        self._answered = asyncio.get_running_loop().create_future()
+        self._answered = self._loop.create_future()
         self._on_answer, self._last, self._head_out = answered, last, b""
-        self._asked = asyncio.get_running_loop().time()
+        self._asked = self._loop.time()
         upstream.send(method, request, self, self.client_version)
         try:
             await self._answered
@@ -220,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
     def begin(self, status: int, head: bytes) -> None:
         assert self._exchange is not None and self._on_answer is not None
         self._exchange.status = status
-        self._on_answer(asyncio.get_running_loop().time() - self._asked)
+        self._on_answer(self._loop.time() - self._asked)
         self._head_out = head
 
     def piece(self, data: bytes, *, last: bool) -> None:
