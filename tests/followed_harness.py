@@ -168,7 +168,7 @@ async def settle(side: RaceSide) -> None:
     while True:
         on_disk = side.refresh_token_in(json.loads(side.path.read_text()))
         live = side.daemon.credentials.get(side.key)
-        if state.pending is None and live is not None and live.refresh_token == on_disk:
+        if state.owed is None and live is not None and live.refresh_token == on_disk:
             return
         await side.daemon.credentials.wait_changed()
 

@@ -188,7 +188,7 @@ async def test_broker_never_redeems_while_qwen_code_holds_its_lock(broker: InPro
     await broker.until(lambda: (broker.daemon.credentials.get(KEY) or doc).refresh_token not in spent)
     # The new tokens are live once written; the lock is released after that, when the attempt ends.
     await asyncio.wait_for(broker.daemon.refresher.wait_status(KEY, lambda s: s.refreshes >= 1), LOCK_WAIT)
-    assert state.pending is None
+    assert state.owed is None
     assert refreshes(qwen) == [doc["refresh_token"], answer["refresh_token"]]
     written = json.loads(creds_path(broker).read_text())
     assert qwen.valid_refresh_token(written["refresh_token"]) and not lock_path(broker).exists()

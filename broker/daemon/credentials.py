@@ -152,7 +152,7 @@ class CredentialSet:
     def owes(self, key: CredentialKey) -> bool:
         """Whether refreshed tokens of ``key`` are only in memory (the store or the CLI's file refused them)."""
         state = self.followed.state_of(key)
-        return state.pending is not None if state is not None else key in self._unsaved
+        return state.owed is not None if state is not None else key in self._unsaved
 
     async def settle_owed(self, key: CredentialKey) -> bool:
         """Try again to write owed tokens; whether some are still owed."""

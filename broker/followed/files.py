@@ -47,6 +47,15 @@ BUSY_LIMIT = 10.0
 _T = TypeVar("_T")
 
 
+@dataclass(frozen=True)
+class Owed:
+    """Tokens broker refreshed that the file does not hold yet, with the refresh token they cost."""
+
+    credential: Credential
+    spent: str | None
+    """The refresh token redeemed for them: a file that still holds it is stale; one without it, the CLI's newer."""
+
+
 @dataclass
 class FileState:
     """What broker last saw in one followed file, and what it still owes it."""
@@ -56,10 +65,8 @@ class FileState:
     credential: Credential | None = None
     """The last good credential: kept while a CLI's half-written file does not parse."""
     problem: FileProblem | None = None
-    pending: Credential | None = field(default=None, repr=False)
+    owed: Owed | None = field(default=None, repr=False)
     """Refreshed tokens not yet in the file (it was mid-write or locked when they came)."""
-    spent: str | None = field(default=None, repr=False)
-    """The refresh token broker redeemed for ``pending``: a file still holding it is stale."""
     cli_lock_held: bool = False
     """Broker holds the CLI's own lock around a whole refresh (``cli_lock``): the write-back must not retake it."""
 
@@ -90,7 +97,7 @@ class FollowedFiles:
             self._by_key = {(spec.provider, spec.account): spec.path for spec in specs}
         dropped = [state for path, state in old.items() if new.get(path) is not state]
         for state in dropped:
-            if state.pending is not None:
+            if state.owed is not None:
                 log.warning(
                     "no longer following %s while refreshed tokens were owed to it: %s",
                     state.spec.path,
@@ -136,7 +143,7 @@ class FollowedFiles:
 
     def _take(self, state: FileState, raw: bytes | None) -> FileState:
         if raw is None:
-            state.raw, state.credential, state.problem, state.pending = None, None, None, None
+            state.raw, state.credential, state.problem, state.owed = None, None, None, None
             return state
         if raw == state.raw and state.problem is None:
             return state
@@ -146,7 +153,7 @@ class FollowedFiles:
             state.raw, state.problem = raw, problem
             return state
         state.raw, state.problem, state.credential = raw, None, credential
-        if state.pending is not None:
+        if state.owed is not None:
             self._flush(state)
         return state
 
@@ -169,12 +176,12 @@ class FollowedFiles:
             return credential
         try:
             with self._busy(state):
-                state.pending, state.spent = credential, spent
+                state.owed = Owed(credential, spent)
                 self._flush(state)
-                return state.credential if state.pending is None and state.credential else credential
+                return state.credential if state.owed is None and state.credential else credential
         except FileProblem as problem:  # another thread is stuck on the file: the tokens are owed
             log.warning("write-back deferred provider=%s: %s", state.spec.provider, problem.message)
-            state.pending, state.spent = credential, spent
+            state.owed = Owed(credential, spent)
             return credential
 
     def flush_owed(self, key: CredentialKey) -> bool:
@@ -183,9 +190,9 @@ class FollowedFiles:
         if state is None:
             return False
         with self._busy(state):
-            if state.pending is not None:
+            if state.owed is not None:
                 self._flush(state)
-            return state.pending is not None
+            return state.owed is not None
 
     @contextlib.contextmanager
     def _busy(self, state: FileState) -> Iterator[None]:
@@ -201,26 +208,26 @@ class FollowedFiles:
             self._lock.release()
 
     def _flush(self, state: FileState) -> None:
-        """Write ``state.pending`` into the file when that is safe; otherwise keep owing it."""
-        spec, path, pending = state.spec, state.spec.path, state.pending
-        assert pending is not None and spec.merge is not None
+        """Write ``state.owed`` into the file when that is safe; otherwise keep owing it."""
+        spec, path, owed = state.spec, state.spec.path, state.owed
+        assert owed is not None and spec.merge is not None
         try:
             refresh_locks = () if state.cli_lock_held else spec.refresh_locks
             with _holding((*refresh_locks, *spec.write_locks)), flocked(path):
                 raw = _read_safely(path)
                 if raw is None:
-                    state.pending = None  # the CLI logged out: never recreate its file
+                    state.owed = None  # the CLI logged out: never recreate its file
                     return
                 try:
                     current = self._parse(spec, raw)
                 except FileProblem:
                     log.info("write-back deferred provider=%s: %s does not parse yet", spec.provider, path)
                     return
-                if raw != state.raw and current.refresh_token != state.spent:
+                if raw != state.raw and current.refresh_token != owed.spent:
                     log.info("the CLI refreshed first provider=%s file=%s: its tokens win", spec.provider, path)
-                    state.raw, state.credential, state.pending = raw, current, None
+                    state.raw, state.credential, state.owed = raw, current, None
                     return
-                data = dump_like(raw.decode(), spec.merge(json.loads(raw), pending))
+                data = dump_like(raw.decode(), spec.merge(json.loads(raw), owed.credential))
                 written = self._parse(spec, data)  # as the file holds it (e.g. expiry in whole ms)
                 replace_atomically(path, data, stat.S_IMODE(path.stat().st_mode))
         except LockTimeout as exc:
@@ -229,7 +236,7 @@ class FollowedFiles:
         except (OSError, FileProblem) as exc:
             log.error("write-back failed provider=%s file=%s: %s", spec.provider, path, exc)
             return
-        state.raw, state.credential, state.pending, state.problem = data, written, None, None
+        state.raw, state.credential, state.owed, state.problem = data, written, None, None
         log.info("wrote back provider=%s file=%s", spec.provider, path)
 
     @staticmethod
