@@ -67,21 +67,44 @@ def tighten_mode(path: Path, mode: int) -> None:
 
 
 @dataclass(frozen=True)
-class SystemdCredentialKey:
-    """A key systemd hands over (``LoadCredential=``/``SetCredentialEncrypted=``); read-only."""
+class _KeyFile:
+    """A key kept in a file of its own: where it is, and reading it, are the same for every such file."""
 
     path: Path
-    kind: ClassVar[str] = "systemd-credential"
+    what: ClassVar[str]
+    """The file's kind, as messages and ``describe`` name it."""
+    shown: ClassVar[str]
+    """How ``describe`` introduces the file."""
 
     def describe(self) -> str:
-        return f"key from systemd credential {self.path}"
+        return f"{self.shown} {self.path}"
 
-    def get(self, *, create: bool) -> bytes | None:
+    def _read(self, *, missing_ok: bool = False) -> bytes | None:
+        """The key; ``None`` for a missing file where that is no fault, else a StoreError naming the file."""
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            raise StoreError(f"cannot read systemd credential {self.path}: {exc.strerror}") from None
-        return parse_key(data, f"systemd credential {self.path}")
+            if missing_ok and isinstance(exc, FileNotFoundError):
+                return None
+            raise StoreError(f"cannot read {self.what} {self.path}: {exc.strerror}") from None
+        self._check()
+        return parse_key(data, f"{self.what} {self.path}")
+
+    def _check(self) -> None:
+        """What to make sure of once the file is read; nothing by default."""
+
+    def get(self, *, create: bool) -> bytes | None:
+        """The key; one at a path broker does not own is only ever read, never created."""
+        return self._read()
+
+
+@dataclass(frozen=True)
+class SystemdCredentialKey(_KeyFile):
+    """A key systemd hands over (``LoadCredential=``/``SetCredentialEncrypted=``); read-only."""
+
+    kind: ClassVar[str] = "systemd-credential"
+    what: ClassVar[str] = "systemd credential"
+    shown: ClassVar[str] = "key from systemd credential"
 
 
 @dataclass(frozen=True)
@@ -111,33 +134,22 @@ class KeyringKey:
 
 
 @dataclass(frozen=True)
-class FileKey:
+class FileKey(_KeyFile):
     """A 0600 key file in the 0700 state directory: the fallback when nothing better exists."""
 
-    path: Path
     kind: ClassVar[str] = "file"
-
-    def describe(self) -> str:
-        return f"key file {self.path}"
+    what: ClassVar[str] = "key file"
+    shown: ClassVar[str] = "key file"
 
     def get(self, *, create: bool) -> bytes | None:
-        try:
-            return self._read()
-        except FileNotFoundError:
-            if not create:
-                return None
+        key = self._read(missing_ok=True)
+        if key is not None or not create:
+            return key
         self._create()
         return self._read()
 
-    def _read(self) -> bytes:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StoreError(f"cannot read key file {self.path}: {exc.strerror}") from None
+    def _check(self) -> None:
         tighten_mode(self.path, 0o600)
-        return parse_key(data, f"key file {self.path}")
 
     def _create(self) -> None:
         # Written under a temporary name, then linked: the key file appears whole or not
