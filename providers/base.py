@@ -92,9 +92,11 @@ def callers_problem(entry: str) -> str | None:
 class Provider(abc.ABC):
     """One LLM service. Subclasses are mostly data; code only where the service differs.
 
-    Every attribute below is plain data that a subclass declares as a dataclass field; one
-    that derives a value from its other fields (GitLab's API from ``serve``) computes it in
-    ``__post_init__`` rather than overriding the attribute with a property.
+    Every attribute below is plain data: a subclass declares what no config changes as a
+    class attribute and what the config sets as a dataclass field (a built-in's are read by
+    its table, ``providers.builtin``); one that derives a value from its other fields
+    (GitLab's API from ``serve``) computes it in ``__post_init__`` rather than overriding
+    the attribute with a property.
     """
 
     name: str

@@ -14,19 +14,14 @@ says ``axios/<version>``; the token endpoint is reported to answer 429 to other 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from broker.flows.token import OAuthClient
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
+from broker.providers.base import ProviderContext, renewed
+from broker.providers.builtin import OwnCli, OwnCliLogin
 from broker.providers.table import Table
 from broker.providers.wire import Wire
 
-from broker.core.config import Section
-from broker.core.errors import BadRequest
 from broker.core.model import Credential
 
-NAME = "claude"
 DESCRIPTION = "Claude subscription, from Claude Code's login (usable only by Claude Code itself)"
 API = "anthropic"
 BASE_URL = "https://api.anthropic.com"
@@ -51,34 +46,16 @@ WIRE = Wire(
     token_headers={"User-Agent": "axios/{axios}"},  # axios's own default: Claude Code sets none on its refresh
     versions={"axios": "1.15.2"},
 )
-TABLE = Table(base_url=BASE_URL, endpoints=ENDPOINTS, wire=WIRE)
+TABLE = Table(base_url=BASE_URL, description=DESCRIPTION, endpoints=ENDPOINTS, wire=WIRE)
 LOGIN_HINT = "run: claude, then /login"
+CLI = OwnCli("claude", "~/.claude/.credentials.json", "Anthropic allows this login only in Claude Code")
 
 
-@dataclass
-class ClaudeProvider(Provider):
-    name: str = NAME
-    api: str = API
-    base_url: str | None = BASE_URL
-    flows: tuple[str, ...] = ("file",)
-    description: str = DESCRIPTION
-    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    wire: Wire = WIRE
-    proxy: str | None = None
-    proxy_allowed: bool = False
-    callers: tuple[str, ...] | None = ("claude",)  # and what it starts: Claude Code's apiKeyHelper, for one
-    terms: str | None = "Anthropic allows this login only in Claude Code"
-    cli_login: str | None = LOGIN_HINT
-
-    @classmethod
-    def from_config(cls, name: str, section: Section) -> ClaudeProvider:
-        return cls(name=name, **TABLE.read(section))
-
-    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
-        raise BadRequest(
-            "Claude subscriptions sign in inside Claude Code; broker then keeps that login fresh",
-            f"{LOGIN_HINT}; broker follows ~/.claude/.credentials.json by itself",
-        )
+class ClaudeProvider(OwnCliLogin):
+    table = TABLE
+    cli = CLI
+    api = API
+    cli_login = LOGIN_HINT
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         """Claude Code's refresh: its JSON body asks again for the scopes the login has."""
@@ -90,13 +67,3 @@ class ClaudeProvider(Provider):
         )
         tokens = await self.redeem(ctx, self.endpoints["token"], client, credential, scopes)
         return renewed(credential, tokens)
-
-    def can_refresh(self, credential: Credential) -> bool:
-        return bool(credential.refresh_token)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "endpoints": dict(self.endpoints),
-            "note": "Anthropic allows these tokens only in Claude Code; the proxy does not serve them",
-        }

@@ -19,14 +19,15 @@ without those headers (``server.rs`` ``exchange_code_for_tokens``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from broker.flows.errors import FlowError, OAuthError, TransportError
 from broker.flows.pkce import LISTEN_HOST, PkceClient, PkceLogin
 from broker.flows.token import OAuthClient, TokenSet
 from broker.providers import codex_device
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.base import LoginContext, LoginRequest, ProviderContext
+from broker.providers.builtin import Builtin
 from broker.providers.jwt_claims import account_name, claims
 from broker.providers.table import Table
 from broker.providers.upstream_errors import DEAD_GRANT
@@ -36,7 +37,6 @@ from broker.core.config import Section
 from broker.core.errors import BadRequest, LoginFailed
 from broker.core.model import Credential
 
-NAME = "codex"
 DESCRIPTION = "ChatGPT subscription for Codex (sign in with ChatGPT)"
 API = "openai-responses"
 BASE_URL = "https://chatgpt.com/backend-api/codex"
@@ -98,24 +98,22 @@ TABLE = Table(
 )
 
 
-@dataclass
-class CodexProvider(Provider):
-    name: str = NAME
-    api: str = API
-    base_url: str | None = BASE_URL
-    flows: tuple[str, ...] = FLOWS
-    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    wire: Wire = WIRE
-    redirect_ports: tuple[int, ...] = (REDIRECT_PORT, FALLBACK_REDIRECT_PORT)
-    proxy: str | None = None
-    description: str = DESCRIPTION
+@dataclass(kw_only=True)
+class CodexProvider(Builtin):
+    table = TABLE
+    api = API
+    flows = FLOWS
+    base_url: str | None
+    description: str
+    endpoints: dict[str, str]
+    wire: Wire
+    redirect_ports: tuple[int, ...]
 
     @classmethod
-    def from_config(cls, name: str, section: Section) -> CodexProvider:
-        shared = TABLE.read(section)
+    def own_fields(cls, section: Section) -> dict[str, Any]:
         first = section.integer("redirect_port", REDIRECT_PORT, min=1, max=65535)
         second = section.integer("fallback_redirect_port", FALLBACK_REDIRECT_PORT, min=1, max=65535)
-        return cls(name=name, **shared, redirect_ports=(first,) if first == second else (first, second))
+        return {"redirect_ports": (first,) if first == second else (first, second)}
 
     @property
     def client_id(self) -> str:

@@ -36,7 +36,6 @@ from broker.core.errors import BadRequest, BrokerError, LoginFailed, LoginRequir
 from broker.core.model import Credential
 from broker.core.sanitize import upstream_text
 
-NAME = "copilot"
 API = "openai-chat"
 CLIENT_ID = "Iv1.b507a08c87ecfe98"
 """The Copilot GitHub App, as VS Code and copilot.vim use it (login model A)."""

@@ -15,20 +15,16 @@ names the user's Node and is not copied).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
+from broker.providers.base import ProviderContext, renewed
+from broker.providers.builtin import OwnCli, OwnCliLogin
 from broker.providers.table import Table
 from broker.providers.wire import Wire
 
-from broker.core.config import Section
-from broker.core.errors import BadRequest, LoginRequired
+from broker.core.errors import LoginRequired
 from broker.core.model import Credential
 
-NAME = "gemini"
 DESCRIPTION = "Gemini CLI's Google login, kept fresh for Gemini CLI (usable only by Gemini CLI itself)"
 API = "gemini-code-assist"
 BASE_URL = "https://cloudcode-pa.googleapis.com/v1internal"
@@ -38,53 +34,38 @@ CLIENT_SECRET = "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"
 ENDPOINTS = {"token": "https://oauth2.googleapis.com/token"}
 WIRE = Wire(
     client_id=CLIENT_ID,
+    client_secret=CLIENT_SECRET,
     token_headers={"User-Agent": "google-api-nodejs-client/{google_auth_library}"},
     versions={"google_auth_library": "10.9.0"},
 )
-TABLE = Table(base_url=BASE_URL, endpoints=ENDPOINTS, wire=WIRE, own=("client_secret",))
+TABLE = Table(base_url=BASE_URL, description=DESCRIPTION, endpoints=ENDPOINTS, wire=WIRE)
 LOGIN_HINT = "run: gemini, then choose Login with Google"
-NOTE = (
-    "Google allows this login only in Gemini CLI: broker keeps it fresh for Gemini CLI and the proxy does not "
-    "serve it; other tools can use gemini-api (an API key) or vertex"
+CLI = OwnCli(
+    "gemini",
+    "~/.gemini/oauth_creds.json",
+    "Google allows Gemini CLI's login only in Gemini CLI (other tools can use gemini-api, an API key, or vertex)",
 )
 
 
-@dataclass
-class GeminiProvider(Provider):
-    name: str = NAME
-    api: str = API
-    base_url: str | None = BASE_URL
-    flows: tuple[str, ...] = ("file",)
-    cli_login: str | None = LOGIN_HINT
-    description: str = DESCRIPTION
-    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    wire: Wire = WIRE
-    client_secret: str = field(default=CLIENT_SECRET, repr=False)
-    proxy: str | None = None
-    proxy_allowed: bool = False
-    callers: tuple[str, ...] | None = ("gemini",)  # and what it starts: Claude Code's apiKeyHelper, for one
-    terms: str | None = "Google allows Gemini CLI's login only in Gemini CLI"
+class GeminiProvider(OwnCliLogin):
+    table = TABLE
+    cli = CLI
+    api = API
+    cli_login = LOGIN_HINT
 
-    @classmethod
-    def from_config(cls, name: str, section: Section) -> GeminiProvider:
-        return cls(name=name, **TABLE.read(section), client_secret=section.text("client_secret", CLIENT_SECRET))
-
-    async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
-        raise BadRequest(
-            "Gemini CLI's Google login happens inside Gemini CLI; broker then keeps that login fresh",
-            f"{LOGIN_HINT}; broker follows ~/.gemini/oauth_creds.json by itself "
-            "(for other tools: broker login gemini-api, or vertex)",
+    @property
+    def client(self) -> OAuthClient:
+        """Gemini CLI's installed-app client: its public secret goes in the form, as google-auth-library sends it."""
+        return OAuthClient(
+            self.wire.client_id or CLIENT_ID,
+            self.wire.client_secret or CLIENT_SECRET,
+            auth_method="client_secret_post",
+            headers=dict(self.wire.token_headers or {}),
         )
 
     async def refresh(self, ctx: ProviderContext, credential: Credential) -> Credential:
         try:
-            client = OAuthClient(
-                self.wire.client_id or CLIENT_ID,
-                self.client_secret,
-                auth_method="client_secret_post",
-                headers=dict(self.wire.token_headers or {}),
-            )
-            tokens = await self.redeem(ctx, self.endpoints["token"], client, credential)
+            tokens = await self.redeem(ctx, self.endpoints["token"], self.client, credential)
         except OAuthError as exc:
             if exc.error != "unauthorized_client":
                 raise
@@ -100,9 +81,3 @@ class GeminiProvider(Provider):
         if tokens.scope:
             extra["scope"] = tokens.scope
         return renewed(credential, tokens, extra=extra)  # Google's answer has no refresh token: the old one stays
-
-    def can_refresh(self, credential: Credential) -> bool:
-        return bool(credential.refresh_token)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "endpoints": dict(self.endpoints), "note": NOTE}

@@ -34,7 +34,6 @@ from broker.core.errors import BadRequest, BrokerError, LoginFailed, LoginRequir
 from broker.core.model import Credential
 from broker.core.sanitize import upstream_text
 
-NAME = "gitlab"
 INSTANCE = "https://gitlab.com"
 GATEWAY = "https://cloud.gitlab.com"
 ENDPOINT_KEYS = ("instance", "user", "direct_access", "agents_direct_access")

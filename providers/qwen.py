@@ -15,14 +15,15 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from broker.flows import device_code
 from broker.flows.device_code import DeviceAuthorization, DeviceClient, PollPolicy
 from broker.flows.errors import OAuthError, TransportError
 from broker.flows.token import OAuthClient, TokenSet
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext
+from broker.providers.base import LoginContext, LoginRequest, ProviderContext
+from broker.providers.builtin import Builtin
 from broker.providers.custom import verify_event
 from broker.providers.jwt_claims import account_name, claims
 from broker.providers.table import Table
@@ -33,7 +34,6 @@ from broker.core.config import Section
 from broker.core.errors import BadRequest, BrokerError, LoginFailed, UpstreamUnavailable
 from broker.core.model import Credential
 
-NAME = "qwen"
 DESCRIPTION = "Qwen Code's OAuth login (free tier ended 2026-04-15; existing logins work until refused)"
 API = "openai-chat"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
@@ -81,28 +81,25 @@ WAF_NOTE = (
 TABLE = Table(forced_base_url=True, description=DESCRIPTION, endpoints=ENDPOINTS, wire=WIRE, own=("poll_interval",))
 
 
-@dataclass
-class QwenProvider(Provider):
-    name: str = NAME
-    api: str = API
-    base_url: str | None = DEFAULT_BASE_URL
+@dataclass(kw_only=True)
+class QwenProvider(Builtin):
+    table = TABLE
+    api = API
+    flows = FLOWS
+    base_url = DEFAULT_BASE_URL
     """Served when the token names no ``resource_url``."""
-    flows: tuple[str, ...] = FLOWS
-    endpoints: dict[str, str] = field(default_factory=lambda: dict(ENDPOINTS))
-    wire: Wire = WIRE
-    forced_base_url: str | None = None
+    description: str
+    endpoints: dict[str, str]
+    wire: Wire
+    forced_base_url: str | None
     """``base_url`` from the config: it wins over the token's ``resource_url``."""
-    poll: PollPolicy = POLL
-    proxy: str | None = None
-    description: str = DESCRIPTION
+    poll: PollPolicy
 
     @classmethod
-    def from_config(cls, name: str, section: Section) -> QwenProvider:
-        return cls(
-            name=name,
-            **TABLE.read(section),
-            poll=dataclasses.replace(POLL, interval=section.number("poll_interval", POLL.interval or 2.0, min=0.01)),
-        )
+    def own_fields(cls, section: Section) -> dict[str, Any]:
+        return {
+            "poll": dataclasses.replace(POLL, interval=section.number("poll_interval", POLL.interval or 2.0, min=0.01))
+        }
 
     @property
     def client(self) -> OAuthClient:

@@ -18,7 +18,8 @@ from broker.flows import refresh
 from broker.flows.errors import OAuthError
 from broker.flows.token import OAuthClient, TokenSet, request_token
 from broker.providers import google_jwt
-from broker.providers.base import LoginContext, LoginRequest, Provider, ProviderContext, renewed
+from broker.providers.base import LoginContext, LoginRequest, ProviderContext, renewed
+from broker.providers.builtin import Builtin
 from broker.providers.table import Table
 from broker.providers.upstream_errors import to_broker_error
 
@@ -26,7 +27,6 @@ from broker.core.config import Section
 from broker.core.errors import BadRequest, BrokerError, RefreshFailed
 from broker.core.model import Credential
 
-NAME = "vertex"
 DESCRIPTION = "Claude on Vertex AI, with tokens minted from gcloud's application default credentials"
 API = "anthropic-vertex"
 """Anthropic Messages at ``{base_url}/{model}:rawPredict`` with ``anthropic_version`` in the body."""
@@ -43,40 +43,37 @@ _NAME_PART = re.compile(r"[a-z0-9][a-z0-9-]*")
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]*")
 
 
-@dataclass
-class VertexProvider(Provider):
-    name: str = NAME
-    api: str = API
-    base_url: str | None = None
-    """Only when the config fixes it (``base_url``, or ``project``); else each file's project decides."""
-    flows: tuple[str, ...] = ("file",)
-    cli_login: str | None = LOGIN_HINT
-    description: str = DESCRIPTION
-    endpoint_overrides: dict[str, str] = field(default_factory=dict)
+@dataclass(kw_only=True)
+class VertexProvider(Builtin):
+    table = TABLE
+    flows = ("file",)
+    cli_login = LOGIN_HINT
+    description = DESCRIPTION
+    endpoint_overrides: dict[str, str]
     """``[providers.vertex.endpoints] token``: wins over the file's ``token_uri``."""
-    region: str = REGION
-    project: str | None = None
-    publisher: str = PUBLISHER
-    forced_base_url: str | None = None
-    proxy: str | None = None
+    forced_base_url: str | None
+    region: str
+    project: str | None
+    publisher: str
+    api: str = field(init=False)
+    """Anthropic's style for Anthropic's models, Vertex's own for any other publisher's."""
+    base_url: str | None = field(init=False)
+    """Only when the config fixes it (``base_url``, or ``project``); else each file's project decides."""
+
+    def __post_init__(self) -> None:
+        self.api = API if self.publisher == PUBLISHER else OTHER_PUBLISHER_API
+        self.base_url = self.forced_base_url or (
+            base_url_of(self.region, self.project, self.publisher) if self.project else None
+        )
 
     @classmethod
-    def from_config(cls, name: str, section: Section) -> VertexProvider:
-        shared = TABLE.read(section)
-        region = _checked(section, "region", section.text("region", REGION), _NAME_PART)
-        publisher = _checked(section, "publisher", section.text("publisher", PUBLISHER), _NAME_PART)
+    def own_fields(cls, section: Section) -> dict[str, Any]:
         project = section.optional_text("project")
-        if project is not None:
-            project = _checked(section, "project", project, _PROJECT)
-        return cls(
-            name=name,
-            **shared,
-            api=API if publisher == PUBLISHER else OTHER_PUBLISHER_API,
-            base_url=shared["forced_base_url"] or (base_url_of(region, project, publisher) if project else None),
-            region=region,
-            project=project,
-            publisher=publisher,
-        )
+        return {
+            "region": _checked(section, "region", section.text("region", REGION), _NAME_PART),
+            "publisher": _checked(section, "publisher", section.text("publisher", PUBLISHER), _NAME_PART),
+            "project": None if project is None else _checked(section, "project", project, _PROJECT),
+        }
 
     async def login(self, ctx: LoginContext, request: LoginRequest) -> Credential:
         raise BadRequest(

@@ -5,7 +5,8 @@ scopes, extra authorize parameters, identifying headers, the client's versions),
 ``Wire.configured`` lays the user's ``[providers.NAME]`` keys over them, so a provider
 that changes its rules is fixed in the config the same day, without a release:
 
-- ``client_id``, ``scopes``: replace the default.
+- ``client_id``, ``client_secret``, ``scopes``: replace the default. A client secret here is an
+  installed app's, public by design (RFC 8252 §8.5), yet ``broker providers`` does not show it.
 - ``authorize_params``, ``headers``, ``token_headers``: tables merged over the default by
   name; an empty string drops a name. ``headers`` are served with the token (they go on
   every API call a client makes); ``token_headers`` go on broker's own requests to the
@@ -33,6 +34,7 @@ from typing import Any
 from broker.core.config import Section
 
 TABLES = ("authorize_params", "headers", "token_headers")
+FACTS = ("client_id", "client_secret", "scopes", *TABLES)
 NODE_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64", "i386": "ia32", "i686": "ia32"}
 NODE_PLATFORM = {"darwin": "darwin", "win32": "win32", "cygwin": "win32"}
 MACOS_NAME = "Mac OS"
@@ -43,6 +45,7 @@ class Wire:
     """One provider's facts; ``None`` means the provider has no such fact (and no such key)."""
 
     client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
     scopes: tuple[str, ...] | None = None
     authorize_params: Mapping[str, str] | None = None
     headers: Mapping[str, str] | None = None
@@ -52,7 +55,7 @@ class Wire:
     @property
     def keys(self) -> tuple[str, ...]:
         """The config keys this provider takes for its wire facts."""
-        present = [name for name in ("client_id", "scopes", *TABLES) if getattr(self, name) is not None]
+        present = [name for name in FACTS if getattr(self, name) is not None]
         return (*present, "versions") if self.versions else tuple(present)
 
     def configured(self, section: Section) -> Wire:
@@ -65,6 +68,7 @@ class Wire:
         return replace(
             self,
             client_id=section.text("client_id", self.client_id) if self.client_id is not None else None,
+            client_secret=section.text("client_secret", self.client_secret) if self.client_secret is not None else None,
             scopes=section.text_list("scopes", self.scopes) if self.scopes is not None else None,
             authorize_params=_merged(section, "authorize_params", self.authorize_params, values),
             headers=_merged(section, "headers", self.headers, values),
@@ -73,9 +77,11 @@ class Wire:
         )
 
     def describe(self) -> dict[str, Any]:
-        """The effective facts, as ``broker providers --json`` shows them."""
+        """The effective facts, as ``broker providers --json`` shows them (but a client secret, even a public one)."""
         shown: dict[str, Any] = {}
         for name in self.keys:
+            if name == "client_secret":
+                continue
             value = getattr(self, name)
             shown[name] = value if isinstance(value, str) else list(value) if isinstance(value, tuple) else dict(value)
         return shown
