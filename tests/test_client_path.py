@@ -7,9 +7,15 @@ import os
 import subprocess
 import sys
 import time
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from broker.client import default_socket_path
+from broker.core.errors import ConfigError
+from broker.core.locations import socket_path
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.helpers import device_login
@@ -105,3 +111,21 @@ def test_the_quick_exit_of_broker_token_keeps_its_output_and_status(daemon: Daem
     assert unknown.returncode == 2 and unknown.stdout == ""  # unknown_provider's exit status
     assert unknown.stderr.startswith("broker: unknown_provider: no provider named 'nobody'")
     assert "broker providers" in unknown.stderr
+
+
+@given(st.text(alphabet="/ab~$.{}_é", max_size=12))  # an environment holds no NUL
+def test_the_clients_shortcut_for_broker_socket_reads_it_as_the_config_readers_do(tail: str):
+    # A plain absolute BROKER_SOCKET skips broker.core.locations; whatever it takes as it is,
+    # the full reading ($VARS, ~, errors) must give the same.
+    value = "/" + tail
+    env = {"BROKER_SOCKET": value, "HOME": "/home/u", "a": "/x"}
+    try:
+        expected: str | None = socket_path(env)
+    except ConfigError:
+        expected = None
+    with patch.dict(os.environ, env, clear=True):
+        try:
+            got: str | None = default_socket_path()
+        except ConfigError:
+            got = None
+    assert got == expected
