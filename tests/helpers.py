@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +20,14 @@ LASTING = ("expires_at", "expires_in", "refreshable")
 def without_lasting(event: dict[str, Any]) -> dict[str, Any]:
     """A ``done`` event without the fields that depend on the token's lifetime and the clock."""
     return {name: value for name, value in event.items() if name not in LASTING}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until ``condition()`` holds (a token's expiry, a process's end, a log line), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.05)
 
 
 def device_login(daemon: DaemonProcess, oauth: FakeOAuthServer, provider: str = "acme", *extra: str) -> str:

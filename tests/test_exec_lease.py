@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -23,7 +22,7 @@ from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.github import FakeGitHub
 from tests.fakes.llm_upstream import FakeLLM
 from tests.fakes.oauth_server import FakeOAuthServer
-from tests.helpers import device_login
+from tests.helpers import device_login, wait_for
 from tests.test_openapi import pointer, validate
 from tests.test_proxy import KEY, PROXY, call, copilot_config, copilot_login, copilot_upstream, login_key
 
@@ -93,14 +92,6 @@ def short_lived_tokens(daemon: DaemonProcess) -> Iterator[tuple[FakeOAuthServer,
         daemon.start()
         device_login(daemon, oauth)
         yield oauth, llm
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Until ``condition()`` holds (a wall-clock fact: a token's expiry, a process's end), at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("flags", [(), ("--direct",)], ids=["lease", "direct"])

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from tests.conftest import DaemonProcess
 from tests.fakes.llm_upstream import FakeLLM
+from tests.helpers import wait_for
 from tests.test_proxy import CHAT, KEY, PROXY, call, login_key, proxy_answer
 from tests.test_refresh_rotation import metrics_text
 
@@ -57,7 +58,12 @@ def test_a_client_hanging_up_after_the_last_event_gets_its_log_line_and_is_count
         received = hang_up_after_last_event(answer["base_url"], answer["access_token"])
         assert llm.disconnected.wait(15), "the upstream request was not cancelled"
         assert b" 200 OK" in received.split(b"\r\n", 1)[0]
-        lines = [line for line in daemon.log().splitlines() if "proxy POST /openai/chat/completions" in line]
+
+        def logged() -> list[str]:
+            return [line for line in daemon.log().splitlines() if "proxy POST /openai/chat/completions" in line]
+
+        wait_for(lambda: bool(logged()))  # written as the cancelled request ends, after the upstream is dropped
+        lines = logged()
         assert len(lines) == 1, daemon.log()
         assert re.search(r"account=default -> 200, \d+ bytes, \d+ ms, client hung up after \d+ bytes", lines[0])
         seen = metrics(daemon)
