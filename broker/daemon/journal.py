@@ -109,8 +109,11 @@ class Journal:
             return None
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Forget the outcome, mark first: a stop between the two leaves an answer without a mark,
+        which a restart replays and finds stale, never a mark without its answer, which reads as
+        a request that may have spent the token with no answer (``uncertain``)."""
         self.mark.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[int]:

@@ -82,11 +82,20 @@ async def refresh_during(rig: Rig, fault: object) -> str:
 
 
 async def settled(rig: Rig) -> None:
-    """Once the owed tokens are in the store (the timer's next try)."""
-    rig.clock.advance(OWED_RETRY_CAP)
+    """Once the owed tokens are in the store: the timer moved on until one of its tries lands.
+
+    The first tries wait less than the fake clock's autojump and run (in a thread) at once,
+    while the fault is still there; one may still be running when the test lifts the fault,
+    and only then sleep on the timer. So the clock is moved again until the task ends."""
     owed = rig.daemon.refresher.owed(KEY)
     assert owed is not None, "the refused write is owed and retried"
-    await asyncio.wait_for(owed, WAIT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not owed.done():
+        assert loop.time() < deadline, "the owed tokens were not written in time"
+        rig.clock.advance(OWED_RETRY_CAP)
+        await asyncio.wait({owed}, timeout=0.05)
+    owed.result()
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
