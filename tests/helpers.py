@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.error
 import urllib.request
@@ -10,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from broker.daemon.refresher.recovery import OWED_RETRY_CAP
 from tests.conftest import DaemonProcess, read_event
+from tests.fakes.clock import FakeClock
 from tests.fakes.oauth_server import FakeOAuthServer
 
 LASTING = ("expires_at", "expires_in", "refreshable")
@@ -28,6 +31,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not come true in time"
         time.sleep(0.05)
+
+
+async def owed_written(clock: FakeClock, owed: asyncio.Task[None] | None, within: float) -> None:
+    """Until the task writing owed tokens ends, the fake clock moved on for each of its tries.
+
+    Its first tries wait less than the clock's autojump and run (in a thread) at once, while
+    the fault may still be there; one may still be running when the test lifts the fault, and
+    only then sleep on the timer. So the clock is moved again until the task ends."""
+    assert owed is not None, "the refused write is owed and retried"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not owed.done():
+        assert loop.time() < deadline, "the owed tokens were not written in time"
+        clock.advance(OWED_RETRY_CAP)
+        await asyncio.wait({owed}, timeout=0.05)
+    owed.result()
 
 
 def device_login(daemon: DaemonProcess, oauth: FakeOAuthServer, provider: str = "acme", *extra: str) -> str:

@@ -22,8 +22,8 @@ import pytest
 
 from broker.core.config import load_settings
 from broker.daemon.main import Daemon
-from broker.daemon.refresher.recovery import OWED_RETRY_CAP
 from broker.followed.filelock import lock_directory
+from tests.helpers import owed_written
 from tests.peers import npm_program
 from tests.test_followed_claude import CHANGE_TIMEOUT, KEY, Claude, start
 
@@ -123,10 +123,7 @@ async def test_broker_waits_while_claude_code_holds_its_refresh_lock(claude: Cla
 
 async def test_a_write_back_waiting_on_the_storage_lock_is_owed_and_written_on_a_timer(claude: Claude):
     spent = await owed_under_the_storage_lock(claude)
-    claude.clock.advance(OWED_RETRY_CAP)
-    owed = claude.daemon.refresher.owed(KEY)
-    assert owed is not None
-    await asyncio.wait_for(owed, CHANGE_TIMEOUT)
+    await owed_written(claude.clock, claude.daemon.refresher.owed(KEY), CHANGE_TIMEOUT)
     written = file_tokens(claude)
     assert written["refreshToken"] in claude.server.live and written["refreshToken"] != spent
     assert written["accessToken"] == (await claude.token())["access_token"]

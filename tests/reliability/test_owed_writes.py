@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from broker.client import Client
-from broker.daemon.refresher.recovery import OWED_RETRY_CAP
 from tests.conftest import DaemonProcess
 from tests.fakes.clock import FakeClock
 from tests.fakes.faulty_upstream import FaultyUpstream
+from tests.helpers import owed_written
 from tests.reliability.conftest import KEY, WAIT, Rig, file_store, seeded_credential, start_rig
 from tests.reliability.conftest import acme_config as faulty_acme_config
 from tests.reliability.test_crash_safety import account_entry, gone, helpers_of, the_login
@@ -82,20 +82,8 @@ async def refresh_during(rig: Rig, fault: object) -> str:
 
 
 async def settled(rig: Rig) -> None:
-    """Once the owed tokens are in the store: the timer moved on until one of its tries lands.
-
-    The first tries wait less than the fake clock's autojump and run (in a thread) at once,
-    while the fault is still there; one may still be running when the test lifts the fault,
-    and only then sleep on the timer. So the clock is moved again until the task ends."""
-    owed = rig.daemon.refresher.owed(KEY)
-    assert owed is not None, "the refused write is owed and retried"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not owed.done():
-        assert loop.time() < deadline, "the owed tokens were not written in time"
-        rig.clock.advance(OWED_RETRY_CAP)
-        await asyncio.wait({owed}, timeout=0.05)
-    owed.result()
+    """Once the owed tokens are in the store."""
+    await owed_written(rig.clock, rig.daemon.refresher.owed(KEY), WAIT)
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
