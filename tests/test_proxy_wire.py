@@ -217,6 +217,24 @@ def test_keep_alive_reuses_the_client_and_the_upstream_connection(serving):
     assert len(upstream.requests) == 5
 
 
+def test_an_answer_without_a_body_that_says_close_ends_its_upstream_connection(serving):
+    """A 204 with ``Connection: close`` (the upstream keeps the socket a moment): no second request goes on it."""
+    numbers: list[int] = []
+
+    def reply(number: int, head: bytes) -> bytes:
+        numbers.append(number)
+        return b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n" if number == 0 else COMPLETE
+
+    upstream, answer = serving(reply)
+    for _ in range(2):
+        assert (
+            status_of(exchange(answer["base_url"], chat(answer, headers="Content-Length: 2\r\nConnection: close\r\n")))
+            == 204
+        )
+    assert numbers == [0, 0], "a request went on a connection the upstream had said it closes"
+    assert upstream.connections == 2
+
+
 def test_a_kept_connection_the_upstream_closed_is_replaced_without_the_client_noticing(serving):
     """An upstream that drops a kept connection just as the next request arrives: sent again on a new one."""
     upstream, answer = serving(lambda number, head: COMPLETE if number == 0 else None)

@@ -53,6 +53,8 @@ class Head:
     length: int | None = None
     """``Content-Length``, when the body is framed by it."""
     chunked: bool = False
+    connection: frozenset[str] = frozenset()
+    """The ``Connection`` header's tokens, lower case: the headers they name are hop-by-hop too."""
     keep_alive: bool = True
 
     def get(self, name: str, default: str = "") -> str:
@@ -71,6 +73,7 @@ def parse_request(raw: bytes) -> Head:
     if version is None:
         raise Malformed("only HTTP/1.1 and HTTP/1.0 are spoken here", status=505)
     head = Head((parts[0].decode(), parts[1].decode("latin-1"), parts[2].decode()), *_headers(lines[1:]), version)
+    _persistence(head)
     _frame(head, request=True)
     return head
 
@@ -85,6 +88,7 @@ def parse_answer(raw: bytes, method: str) -> Head:
         raise ValueError("the upstream's answer is not HTTP/1.1")
     first = (version_text.decode(), status_text.decode(), reason.decode("latin-1"))
     head = Head(first, *_headers(lines[1:]), version)
+    _persistence(head)  # for every answer: a 204 or 304 may close the connection too
     status = int(status_text)
     if method == "HEAD" or status < 200 or (method == "CONNECT" and status < 300) or status in _NO_BODY_STATUSES:
         head.length = 0
@@ -119,12 +123,16 @@ def _headers(lines: list[bytes]) -> tuple[list[tuple[str, str]], dict[str, list[
     return headers, fields
 
 
+def _persistence(head: Head) -> None:
+    """Whether the connection stays open after this message (RFC 9112 §9.3), from ``Connection``."""
+    head.connection = frozenset(token.strip().lower() for token in head.get("connection").split(","))
+    head.keep_alive = "keep-alive" in head.connection if head.version == (1, 0) else "close" not in head.connection
+
+
 def _frame(head: Head, *, request: bool) -> None:
-    """How the body is delimited, and whether the connection stays open after it."""
+    """How the body is delimited; an answer delimited by the close also ends the connection."""
     lengths = head.fields.get("content-length")
     codings = head.fields.get("transfer-encoding")
-    connection = {token.strip().lower() for token in head.get("connection").split(",")}
-    head.keep_alive = "keep-alive" in connection if head.version == (1, 0) else "close" not in connection
     if lengths and codings:
         raise Malformed("both Content-Length and Transfer-Encoding: the body's length is ambiguous")
     if codings:

@@ -83,6 +83,8 @@ class Admitted:
     tail: str
     query: str
     key: str
+    connection: frozenset[str]
+    """The client's ``Connection`` tokens: the headers they name stay here."""
 
 
 class AuthProxy:
@@ -228,7 +230,7 @@ class AuthProxy:
             connection.answer_error(exc, close=True)  # its body is not read: the connection cannot go on
             self._done(exchange)
             return None
-        admitted = Admitted(headers, exchange, name, account, tail, query, key)
+        admitted = Admitted(headers, exchange, name, account, tail, query, key, head.connection)
         return functools.partial(self.serve, connection, admitted)
 
     async def serve(self, connection: ClientConnection, admitted: Admitted, body: bytes) -> None:
@@ -277,7 +279,7 @@ class AuthProxy:
             raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
         route, host, base_path = self._upstream(str(base_url), getattr(provider, "proxy", None))
         query = with_query(query_without_key(admitted.query, admitted.key), served.get("query") or {})
-        headers = upstream_headers(admitted.headers, served, credential.access_token, admitted.key)
+        headers = upstream_headers(admitted.headers, admitted.connection, served, credential.access_token, admitted.key)
         target = f"{base_path}/{admitted.tail}{query}"
         request = upstream_request(exchange.method, target, host, headers, body, route)
         exchange.sent = len(body)

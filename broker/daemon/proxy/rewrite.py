@@ -25,11 +25,15 @@ MAX_DECODINGS = 4
 
 
 def upstream_headers(
-    incoming: Mapping[str, str], served: Mapping[str, Any], token: str, proxy_key: str
+    incoming: Mapping[str, str],
+    named_by_connection: frozenset[str],
+    served: Mapping[str, Any],
+    token: str,
+    proxy_key: str,
 ) -> CIMultiDict[str]:
-    """The client's headers without hop-by-hop, auth or proxy-key-carrying ones; the provider's auth and headers."""
+    """The client's headers without hop-by-hop (``named_by_connection`` too: ``Head.connection``), auth or
+    proxy-key-carrying ones; the provider's auth and headers."""
     provider_headers: Mapping[str, str] = served.get("headers") or {}
-    named_by_connection = {h.strip().lower() for h in incoming.get("Connection", "").split(",") if h.strip()}
     dropped = HOP_BY_HOP | CLIENT_AUTH | named_by_connection | {h.lower() for h in provider_headers}
     headers: CIMultiDict[str] = CIMultiDict()
     for header, value in incoming.items():

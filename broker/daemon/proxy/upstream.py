@@ -143,9 +143,12 @@ class Upstream(asyncio.Protocol):
     def _begin(self, head: Head) -> None:
         """The head the client gets: the upstream's, without hop-by-hop headers, framed for the client."""
         assert self._answer is not None
-        named = {token.strip().lower() for token in head.get("connection").split(",")}
         lines = [f"HTTP/1.1 {head.first[1]} {head.first[2]}"]
-        lines += [f"{n}: {v}" for n, v in head.headers if n.lower() not in ANSWER_HOP_BY_HOP and n.lower() not in named]
+        lines += [
+            f"{n}: {v}"
+            for n, v in head.headers
+            if n.lower() not in ANSWER_HOP_BY_HOP and n.lower() not in head.connection
+        ]
         if head.chunked:
             self._chunks = Chunks(keep=self._client_version == (1, 0))
             if self._client_version == (1, 0):
