@@ -13,7 +13,7 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import DaemonProcess
 from tests.fakes.llm_upstream import FakeLLM
 from tests.fakes.tls_intercept import InterceptingProxy, TestCA
+from tests.helpers import wait_for
 from tests.test_proxy import KEY, PROXY, Proxied, call, login_key, proxied, proxy_answer, shared_proxy
 from tests.test_proxy_observability import metrics
 
@@ -39,11 +40,13 @@ Reply = Callable[[int, bytes], bytes | None]
 class RawUpstream:
     """An upstream that speaks HTTP/1.1 by hand; ``connections`` counts what the proxy opened."""
 
-    def __init__(self, reply: Reply, *, hang_up: bool = False) -> None:
+    def __init__(self, reply: Reply, *, hang_up_after: Container[int] = ()) -> None:
         self.reply = reply
-        self.hang_up = hang_up
-        """Close each connection after its first answer."""
+        self.hang_up_after = hang_up_after
+        """The request numbers (on each connection) after whose answer the upstream closes the connection."""
         self.connections = 0
+        self.dropped = threading.Event()
+        """The proxy closed a connection."""
         self.requests: list[bytes] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
@@ -65,6 +68,7 @@ class RawUpstream:
                 while b"\r\n\r\n" not in received:
                     piece = conn.recv(65536)
                     if not piece:
+                        self.dropped.set()
                         return
                     received += piece
                 head, _, received = received.partition(b"\r\n\r\n")
@@ -74,12 +78,12 @@ class RawUpstream:
                 self.requests.append(head + b"\r\n\r\n" + received[:length])
                 received = received[length:]
                 answer = self.reply(number, head)
-                number += 1
                 if answer is None:
                     return
                 conn.sendall(answer)
-                if self.hang_up:
+                if number in self.hang_up_after:
                     return
+                number += 1
 
     def close(self) -> None:
         self._server.close()
@@ -90,8 +94,8 @@ def serving(daemon: DaemonProcess) -> Iterator[Callable[..., tuple[RawUpstream, 
     """A daemon whose ``openai`` is a ``RawUpstream`` answering with ``reply``; the proxy's answer."""
     upstreams: list[RawUpstream] = []
 
-    def start(reply: Reply, *, hang_up: bool = False) -> tuple[RawUpstream, dict[str, str]]:
-        upstream = RawUpstream(reply, hang_up=hang_up)
+    def start(reply: Reply, *, hang_up_after: Container[int] = ()) -> tuple[RawUpstream, dict[str, str]]:
+        upstream = RawUpstream(reply, hang_up_after=hang_up_after)
         upstreams.append(upstream)
         daemon.write_config(f'{PROXY}\n[providers.openai]\nbase_url = "{upstream.url}/v1"\n')
         daemon.start()
@@ -246,8 +250,26 @@ def test_a_kept_connection_the_upstream_closed_is_replaced_without_the_client_no
     assert upstream.connections == 3
 
 
-def test_an_upstream_hanging_up_mid_stream_cuts_the_clients_answer_and_is_logged(serving, daemon: DaemonProcess):
-    _, answer = serving(lambda number, head: CUT, hang_up=True)
+def warm(answer: dict[str, str]) -> None:
+    """One whole exchange, which leaves the proxy an idle upstream connection: the next request goes out at once."""
+    assert (
+        status_of(exchange(answer["base_url"], chat(answer, headers="Content-Length: 2\r\nConnection: close\r\n")))
+        == 200
+    )
+
+
+def proxy_lines(daemon: DaemonProcess) -> list[str]:
+    return [line for line in daemon.log().splitlines() if "proxy POST /openai/chat/completions" in line]
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["new-connection", "kept-connection"])
+def test_an_upstream_hanging_up_mid_stream_cuts_the_clients_answer_and_is_logged(
+    serving, daemon: DaemonProcess, kept: bool
+):
+    cut = int(kept)  # on a kept connection, the request after the warm-up's
+    _, answer = serving(lambda number, head: CUT if number == cut else COMPLETE, hang_up_after={cut})
+    if kept:
+        warm(answer)
     raw = chat(answer, headers="Content-Length: 2\r\n", body=b"{}")
     parts = urlsplit(answer["base_url"])
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
@@ -255,7 +277,8 @@ def test_an_upstream_hanging_up_mid_stream_cuts_the_clients_answer_and_is_logged
         received = b"".join(iter(lambda: sock.recv(65536), b""))  # the proxy closes: the cut is visible
     assert received.startswith(b"HTTP/1.1 200 OK") and b'data: {"n": 1}' in received
     assert not received.endswith(b"0\r\n\r\n"), "a cut stream was ended as if it were whole"
-    [line] = [line for line in daemon.log().splitlines() if "proxy POST /openai/chat/completions" in line]
+    *_, line = lines = proxy_lines(daemon)
+    assert len(lines) == 1 + cut
     assert re.search(r"-> 200, \d+ bytes, \d+ ms, upstream broke off \(connection closed\) after \d+ bytes", line)
     assert metrics(daemon)['broker_proxy_cut_short_total{provider="openai",by="upstream"}'] == 1
 
@@ -266,6 +289,50 @@ def test_an_upstream_hanging_up_before_its_answer_is_502(serving, daemon: Daemon
     assert status_of(received) == 502
     error = json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
     assert error["code"] == "upstream_unavailable" and error["message"].startswith("openai: the upstream at 127.0.0.1")
+
+
+def test_an_upstream_breaking_a_kept_connection_mid_head_is_502_not_sent_again(serving, daemon: DaemonProcess):
+    """It had begun answering: the request may have run, so it is not repeated on another connection."""
+    partial = b"HTTP/1.1 200 OK\r\nContent-Le"
+    upstream, answer = serving(lambda number, head: partial if number == 1 else COMPLETE, hang_up_after={1})
+    warm(answer)
+    received = exchange(answer["base_url"], chat(answer, headers="Content-Length: 2\r\nConnection: close\r\n"))
+    assert status_of(received) == 502
+    error = json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["message"] == "openai: the upstream at 127.0.0.1 did not answer (connection closed)"
+    assert (upstream.connections, len(upstream.requests)) == (1, 2)
+    assert "-> 502" in proxy_lines(daemon)[-1]
+
+
+def test_a_client_hanging_up_mid_stream_drops_the_kept_upstream_connection_and_is_logged(
+    serving, daemon: DaemonProcess
+):
+    open_stream = CUT  # its head and first event; the rest never comes
+    upstream, answer = serving(lambda number, head: open_stream if number == 1 else COMPLETE)
+    warm(answer)
+    parts = urlsplit(answer["base_url"])
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(chat(answer, headers="Content-Length: 2\r\n"))
+        received = b""
+        while b"data: " not in received:
+            piece = sock.recv(65536)
+            assert piece, "the proxy closed the stream before its first event"
+            received += piece
+    assert upstream.dropped.wait(15), "the upstream connection outlived the client that hung up"
+    wait_for(lambda: len(proxy_lines(daemon)) == 2)  # written as the request ends, after the upstream is dropped
+    assert re.search(r"-> 200, \d+ bytes, \d+ ms, client hung up after \d+ bytes", proxy_lines(daemon)[-1])
+    assert metrics(daemon)['broker_proxy_cut_short_total{provider="openai",by="client"}'] == 1
+
+
+def test_requests_sent_back_to_back_on_one_connection_are_answered_in_order(serving):
+    upstream, answer = serving(lambda number, head: COMPLETE)
+    warm(answer)
+    both = chat(answer, headers="Content-Length: 2\r\n") + chat(
+        answer, headers="Content-Length: 2\r\nConnection: close\r\n"
+    )
+    received = exchange(answer["base_url"], both)
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 2 and received.endswith(ANSWER)
+    assert (upstream.connections, len(upstream.requests)) == (1, 3)
 
 
 def test_expect_100_continue_is_answered_once_the_key_is_seen(proxied: Proxied):

@@ -141,6 +141,30 @@ class Api:
             self.audit.handed_out(peer, credential)
         return provider, credential
 
+    def held_token(
+        self, name: str, account: str | None, min_ttl: float, peer: Peer
+    ) -> tuple[Provider, Credential] | None:
+        """``fresh_token`` when nothing needs waiting for or refusing: a known provider without
+        ``callers``, and its token in memory with ``min_ttl`` left; else ``None`` (ask ``fresh_token``)."""
+        registry = self.registry()
+        if name not in registry:
+            return None
+        provider = registry.get(name)
+        if restricted(provider.callers):
+            return None
+        if not provider.needs_credential:
+            return provider, provider.keyless_credential()
+        try:
+            key = self.key_of(provider, account)
+        except BrokerError:
+            return None
+        credential = self.refresher.held(key, min_ttl)
+        if credential is None:
+            return None
+        if self.audit is not None:
+            self.audit.handed_out(peer, credential)
+        return provider, credential
+
     def _check_caller(self, provider: Provider, peer: Peer) -> None:
         callers = provider.callers or ()
         if not allows(callers, peer.caller):

@@ -192,6 +192,7 @@ class Daemon:
         configured = settings.proxy_port is not None
         return AuthProxy(
             api.fresh_token,
+            api.held_token,
             self.registry,
             await load_or_create_key(store) if configured else None,
             host=settings.proxy_host,

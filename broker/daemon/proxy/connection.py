@@ -4,8 +4,13 @@ An asyncio protocol, not a server framework: the request head is parsed once
 (``broker.daemon.proxy.h1``), the body read whole (as aiohttp's ``request.read()`` did),
 and the upstream's answer written as it arrives, its head together with its first
 piece (one write for a whole answer). While the client's socket is full, the upstream
-is not read (``pause_writing``), so a long stream costs no memory. A client that hangs
-up cancels its request's task, and with it the upstream connection.
+is not read (``pause_writing``), so a long stream costs no memory.
+
+The common request (its token in memory, an idle upstream connection) is sent from
+``data_received`` itself and ends in callbacks (``Serve.now``): a task would cost it a
+turn of the event loop before it goes out. Any other request is served by a task
+(``Serve.later``), which may wait. A client that hangs up ends its request either way,
+and with it the upstream connection.
 """
 
 from __future__ import annotations
@@ -34,8 +39,26 @@ class TryAgain(Exception):
     """A reused upstream connection was closed before it answered: send the request on another."""
 
 
-Serve = Callable[[bytes], Coroutine[Any, Any, None]]
-"""A request admitted on its head, to be served once its body is in."""
+class ClientGone(Exception):
+    """The client hung up before its answer was out."""
+
+
+Outcome = BaseException | None
+"""How a relayed answer ended: ``None`` (all out), ``TryAgain``, ``UpstreamBroke`` or ``ClientGone``."""
+
+
+class Serve(Protocol):
+    """A request admitted on its head, to be served once its body is in."""
+
+    def now(self, body: bytes) -> Callable[[BaseException], None] | None:
+        """Send it without waiting for anything, or ``None`` (nothing done: use ``later``).
+
+        Returns what to tell when it ends other than with its answer out: ``UpstreamBroke``
+        (answer the client) or ``ClientGone`` (log it).
+        """
+
+    def later(self, body: bytes) -> Coroutine[Any, Any, None]:
+        """Serve it in a task: what ``now`` cannot (a token to refresh, a connection to open, an error)."""
 
 
 class Requests(Protocol):
@@ -61,10 +84,18 @@ class ClientConnection(asyncio.Protocol):
         self._head: Head | None = None
         self._serve: Serve | None = None
         self._chunks: Chunks | None = None
+        self._body = b""
+        """The request being served, kept for ``Serve.later`` when one sent ``now`` must go again."""
+        self._serving = False
+        """A request is read whole and not answered yet: what else arrives waits."""
         self._task: asyncio.Task[None] | None = None
+        """The task serving the request (``Serve.later``); ``None`` while one is sent from here (``Serve.now``)."""
+        self._ended: Callable[[BaseException], None] | None = None
+        """``Serve.now``'s request: told how it ended when its answer is not all out."""
+        self._settle: Callable[[Outcome], None] | None = None
+        """Who is told how the exchange with the upstream ended: ``_settled_now``, or ``relay``'s task."""
         self._upstream: Upstream | None = None
         self._exchange: Exchange | None = None
-        self._answered: asyncio.Future[None] | None = None
         self._head_out = b""
         """The answer's head, held until its first piece so both go out in one write."""
         self._on_answer: Callable[[float], None] | None = None
@@ -85,7 +116,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if self._task is None:
+        if not self._serving:
             self._advance()
         elif len(self._buffer) > MAX_HEAD and self.transport is not None:
             self.transport.pause_reading()  # a client sending ahead waits until this answer is done
@@ -101,6 +132,8 @@ class ClientConnection(asyncio.Protocol):
             self._upstream = None
         if self._task is not None:
             self._task.cancel()
+        else:
+            self._settled(ClientGone())
 
     def pause_writing(self) -> None:
         if self._upstream is not None:
@@ -114,7 +147,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _advance(self) -> None:
         """Read as much of the next request as has arrived; start serving it once whole."""
-        if self.transport is None or self.transport.is_closing():
+        if self._serving or self.transport is None or self.transport.is_closing():
             return
         try:
             if self._head is None and not self._read_head():
@@ -126,7 +159,14 @@ class ClientConnection(asyncio.Protocol):
         if body is None:
             return
         assert self._serve is not None
-        self._task = self._loop.create_task(self._serve(body))
+        self._serving, self._body = True, body
+        self._ended = self._serve.now(body)
+        if self._ended is None:
+            self._later(body)
+
+    def _later(self, body: bytes) -> None:
+        assert self._serve is not None
+        self._task = self._loop.create_task(self._serve.later(body))
         self._task.add_done_callback(self._served)
 
     def _read_head(self) -> bool:
@@ -175,16 +215,38 @@ class ClientConnection(asyncio.Protocol):
         return body
 
     def _served(self, task: asyncio.Task[None]) -> None:
-        """The answer is out: the next request may be read (keep-alive), or the connection ends."""
-        head, self._task, self._head = self._head, None, None
+        self._task = None
+        self._next(cut=task.cancelled())
+
+    def _settled_now(self, outcome: Outcome) -> None:
+        """How a request sent from ``data_received`` (``Serve.now``) ended."""
+        ended, self._ended = self._ended, None
+        assert ended is not None
+        if isinstance(outcome, TryAgain):
+            self._later(self._body)  # a kept connection the upstream had closed meanwhile: the task path retries
+            return
+        if outcome is not None:
+            ended(outcome)
+        if not isinstance(outcome, ClientGone):
+            self._next(cut=False, soon=True)
+
+    def _next(self, *, cut: bool, soon: bool = False) -> None:
+        """The answer is out: the next request may be read (keep-alive), or the connection ends.
+
+        ``soon``: from inside an upstream's callback, a request already waiting is read on the loop's next turn.
+        """
+        head, self._head, self._serving, self._body = self._head, None, False, b""
         if self.transport is None or self.transport.is_closing():
             return
-        if task.cancelled() or head is None or not head.keep_alive:
+        if cut or head is None or not head.keep_alive:
             self.transport.close()
             return
         self.transport.resume_reading()
         if self._buffer:
-            self._advance()
+            if soon:
+                self._loop.call_soon(self._advance)
+            else:
+                self._advance()
 
     # --- writing answers -----------------------------------------------------------------------
 
@@ -200,24 +262,52 @@ class ClientConnection(asyncio.Protocol):
             self._peer = Peer("proxy", address=address) if address else Peer("proxy")
         return self._peer
 
-    async def relay(
+    def send(
         self, upstream: Upstream, method: str, request: bytes, exchange: Exchange, answered: Callable[[float], None],
         last: Callable[[], None],
     ) -> None:  # fmt: skip
-        """Send ``request`` on ``upstream`` and write its answer here; ``TryAgain``, ``UpstreamBroke``.
+        """Send ``request`` on ``upstream``; its answer is written here, and its end told to ``Serve.now``'s caller.
 
         ``answered`` is told how long the head took; ``last`` is called before the answer's
         last piece goes out, so a client holding the whole answer finds its log line written.
         """
-        self._upstream, self._exchange = upstream, exchange
-        self._answered = self._loop.create_future()
+        self._relay(upstream, method, request, exchange, answered, last, self._settled_now)
+
+    async def relay(
+        self, upstream: Upstream, method: str, request: bytes, exchange: Exchange, answered: Callable[[float], None],
+        last: Callable[[], None],
+    ) -> None:  # fmt: skip
+        """``send``, for a task: returns once the answer is out; raises ``TryAgain``, ``UpstreamBroke``."""
+        answer_out = self._loop.create_future()
+
+        def settle(outcome: Outcome) -> None:
+            if answer_out.done():  # cancelled: the client hung up
+                return
+            if outcome is None:
+                answer_out.set_result(None)
+            else:
+                answer_out.set_exception(outcome)
+
+        self._relay(upstream, method, request, exchange, answered, last, settle)
+        try:
+            await answer_out
+        finally:
+            self._upstream = self._settle = None
+
+    def _relay(
+        self, upstream: Upstream, method: str, request: bytes, exchange: Exchange, answered: Callable[[float], None],
+        last: Callable[[], None], settle: Callable[[Outcome], None],
+    ) -> None:  # fmt: skip
+        self._upstream, self._exchange, self._settle = upstream, exchange, settle
         self._on_answer, self._last, self._head_out = answered, last, b""
         self._asked = self._loop.time()
         upstream.send(method, request, self, self.client_version)
-        try:
-            await self._answered
-        finally:
-            self._upstream = self._answered = None
+
+    def _settled(self, outcome: Outcome) -> None:
+        """The exchange ended: told once, to whoever waits for it."""
+        settle, self._settle, self._upstream = self._settle, None, None
+        if settle is not None:
+            settle(outcome)
 
     def begin(self, status: int, head: bytes) -> None:
         assert self._exchange is not None and self._on_answer is not None
@@ -235,25 +325,25 @@ class ClientConnection(asyncio.Protocol):
         if self._head_out:
             data, self._head_out = self._head_out + data, b""
         self.transport.write(data)
-        if last and self._answered is not None and not self._answered.done():
-            self._answered.set_result(None)
+        if last:
+            self._settled(None)
 
     def broke(self, why: str, *, again: bool) -> None:
-        exchange, answered = self._exchange, self._answered
+        exchange = self._exchange
         assert exchange is not None
         self._upstream = None
-        if answered is None or answered.done():
+        if self._settle is None:
             return
         if self._head_out or not exchange.status:  # nothing sent yet: the client can still be told
             self._head_out = b""
-            answered.set_exception(TryAgain() if again else UpstreamBroke(why))
+            self._settled(TryAgain() if again else UpstreamBroke(why))
             return
         exchange.cut_short("upstream", f"upstream broke off ({why})")
         if self._last is not None:
             self._last()  # logged before the client sees the cut
         if self.transport is not None:
             self.transport.close()  # the client must see a cut answer, not a complete one
-        answered.set_result(None)
+        self._settled(None)
 
     def answer_error(self, exc: BrokerError, *, status: int | None = None, close: bool = False) -> None:
         """The error as the socket API's JSON body, which OpenAI's and Anthropic's SDKs also read."""

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -48,7 +47,7 @@ from broker.daemon.caller_policy import restricted
 from broker.daemon.callers import Peer
 from broker.daemon.log_throttle import Throttle
 from broker.daemon.metrics import ProxyMetrics
-from broker.daemon.proxy.connection import ClientConnection, Serve, TryAgain
+from broker.daemon.proxy.connection import ClientConnection, ClientGone, TryAgain
 from broker.daemon.proxy.guard import Doorway, Guard, seats
 from broker.daemon.proxy.h1 import Head
 from broker.daemon.proxy.keys import presented_keys, query_without_key, same_key
@@ -70,12 +69,16 @@ SHOWN_PATH = 200
 
 FreshToken = Callable[[str, str | None, float, Peer], Awaitable[tuple[Provider, Credential]]]
 """``(provider, account, min_ttl, peer) -> (provider, credential)``: what ``/v1/token`` serves."""
+HeldToken = Callable[[str, str | None, float, Peer], tuple[Provider, Credential] | None]
+"""``FreshToken`` when it need not wait (the token in memory has ``min_ttl`` left), else ``None``."""
 
 
 @dataclass
 class Admitted:
-    """A request whose head passed the key check: what serving it needs from the head."""
+    """A request whose head passed the key check: what serving it needs from the head (a ``Serve``)."""
 
+    proxy: AuthProxy
+    connection: ClientConnection
     headers: CIMultiDict[str]
     exchange: Exchange
     name: str
@@ -83,8 +86,14 @@ class Admitted:
     tail: str
     query: str
     key: str
-    connection: frozenset[str]
+    hop_by_hop: frozenset[str]
     """The client's ``Connection`` tokens: the headers they name stay here."""
+
+    def now(self, body: bytes) -> Callable[[BaseException], None] | None:
+        return self.proxy.serve_now(self, body)
+
+    def later(self, body: bytes) -> Coroutine[Any, Any, None]:
+        return self.proxy.serve(self, body)
 
 
 class AuthProxy:
@@ -93,6 +102,7 @@ class AuthProxy:
     def __init__(
         self,
         fresh: FreshToken,
+        held: HeldToken,
         registry: Callable[[], Registry],
         key: str | None,
         *,
@@ -105,6 +115,7 @@ class AuthProxy:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the proxy listens on loopback only, not {host}")
         self.fresh = fresh
+        self.held = held
         self.registry = registry
         self.key = key
         self.host = host
@@ -199,7 +210,7 @@ class AuthProxy:
         name, at, account = segment.partition("@")
         return (name, account) if at and account else (segment, None)
 
-    def admit(self, connection: ClientConnection, head: Head) -> Serve | None:
+    def admit(self, connection: ClientConnection, head: Head) -> Admitted | None:
         """The checks a request's head decides: the key (401 closes the connection), provider, path."""
         method, target, _ = head.first
         path, _, query = target.partition("?")  # raw: the client's percent-encoding is kept
@@ -230,14 +241,41 @@ class AuthProxy:
             connection.answer_error(exc, close=True)  # its body is not read: the connection cannot go on
             self._done(exchange)
             return None
-        admitted = Admitted(headers, exchange, name, account, tail, query, key, head.connection)
-        return functools.partial(self.serve, connection, admitted)
+        return Admitted(self, connection, headers, exchange, name, account, tail, query, key, head.connection)
 
-    async def serve(self, connection: ClientConnection, admitted: Admitted, body: bytes) -> None:
-        """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers; one log line."""
-        exchange = admitted.exchange
+    def serve_now(self, admitted: Admitted, body: bytes) -> Callable[[BaseException], None] | None:
+        """``serve`` without a task, for the common request: a token in memory, an idle upstream connection.
+
+        Anything else (a refresh to wait for, a connection to open, an error to answer)
+        returns ``None`` having sent nothing, and ``serve`` does it the general way.
+        """
+        connection, exchange = admitted.connection, admitted.exchange
+        held = self.held(admitted.name, admitted.account, MIN_TTL, connection.peer())
+        if held is None:
+            return None
         try:
-            await self._pass(connection, admitted, body)
+            route, request = self._request(admitted, *held, body)
+        except Exception:  # serve answers it, or logs it as the internal error it is
+            return None
+        upstream = self._pool.idle(route)
+        if upstream is None:
+            return None
+
+        def ended(outcome: BaseException) -> None:
+            if isinstance(outcome, UpstreamBroke):
+                self._unreachable(admitted, route, outcome)
+            elif isinstance(outcome, ClientGone):
+                exchange.cut_short("client", "client hung up")
+            self._done(exchange)
+
+        connection.send(upstream, exchange.method, request, exchange, *self._hooks(exchange))
+        return ended
+
+    async def serve(self, admitted: Admitted, body: bytes) -> None:
+        """``/NAME/TAIL?QUERY`` -> ``BASE_URL/TAIL?QUERY`` with NAME's fresh token and headers; one log line."""
+        connection, exchange = admitted.connection, admitted.exchange
+        try:
+            await self._pass(admitted, body)
         except BrokerError as exc:
             exchange.status = exc.status
             connection.answer_error(exc)
@@ -269,27 +307,11 @@ class AuthProxy:
             f"run: broker env {name} --proxy (a key from broker exec ends with its process)",
         )
 
-    async def _pass(self, connection: ClientConnection, admitted: Admitted, body: bytes) -> None:
-        exchange, name = admitted.exchange, admitted.name
-        provider, credential = await self.fresh(name, admitted.account, MIN_TTL, connection.peer())
-        exchange.account = credential.account
-        served = provider.served(credential)
-        base_url = served.get("base_url")
-        if not base_url:
-            raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
-        route, host, base_path = self._upstream(str(base_url), getattr(provider, "proxy", None))
-        query = with_query(query_without_key(admitted.query, admitted.key), served.get("query") or {})
-        headers = upstream_headers(admitted.headers, admitted.connection, served, credential.access_token, admitted.key)
-        target = f"{base_path}/{admitted.tail}{query}"
-        request = upstream_request(exchange.method, target, host, headers, body, route)
-        exchange.sent = len(body)
-
-        def answered(seconds: float) -> None:
-            self.metrics.upstream_answered(exchange.provider, seconds)
-
-        def last() -> None:
-            self._done(exchange)
-
+    async def _pass(self, admitted: Admitted, body: bytes) -> None:
+        connection, exchange = admitted.connection, admitted.exchange
+        provider, credential = await self.fresh(admitted.name, admitted.account, MIN_TTL, connection.peer())
+        route, request = self._request(admitted, provider, credential, body)
+        answered, last = self._hooks(exchange)
         while True:
             try:
                 upstream = await self._pool.connection(route)
@@ -298,17 +320,51 @@ class AuthProxy:
             except TryAgain:
                 continue  # a kept connection the upstream had closed meanwhile
             except UpstreamBroke as exc:
-                why = upstream_text(str(exc)) or "connection closed"
-                if exchange.status:  # it began an answer, then broke off before any of it was sent
-                    exchange.cut_short("upstream", f"upstream broke off ({why})")
-                    message = f"{exchange.provider or 'the provider'}: the upstream broke off its answer"
-                else:
-                    exchange.ending = f"upstream {route.host} unreachable: {why}"
-                    message = f"{name}: the upstream at {route.host} did not answer ({why})"
-                exchange.status = 502
-                hint = "check that the service is up and reachable from this machine (network, HTTPS_PROXY)"
-                connection.answer_error(UpstreamUnavailable(message, hint), status=502)
+                self._unreachable(admitted, route, exc)
                 return
+
+    def _request(
+        self, admitted: Admitted, provider: Provider, credential: Credential, body: bytes
+    ) -> tuple[Route, bytes]:
+        """Where the request goes, and its bytes: the client's, with the provider's token and headers."""
+        exchange = admitted.exchange
+        exchange.account = credential.account
+        served = provider.served(credential)
+        base_url = served.get("base_url")
+        if not base_url:
+            name = admitted.name
+            raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
+        route, host, base_path = self._upstream(str(base_url), getattr(provider, "proxy", None))
+        query = with_query(query_without_key(admitted.query, admitted.key), served.get("query") or {})
+        headers = upstream_headers(admitted.headers, admitted.hop_by_hop, served, credential.access_token, admitted.key)
+        target = f"{base_path}/{admitted.tail}{query}"
+        exchange.sent = len(body)
+        return route, upstream_request(exchange.method, target, host, headers, body, route)
+
+    def _hooks(self, exchange: Exchange) -> tuple[Callable[[float], None], Callable[[], None]]:
+        """What the relay tells: how long the answer's head took (metrics), and its last piece (the log line)."""
+
+        def answered(seconds: float) -> None:
+            self.metrics.upstream_answered(exchange.provider, seconds)
+
+        def last() -> None:
+            self._done(exchange)
+
+        return answered, last
+
+    def _unreachable(self, admitted: Admitted, route: Route, exc: UpstreamBroke) -> None:
+        """The upstream failed before any of its answer was sent: the client gets a 502 that says so."""
+        exchange = admitted.exchange
+        why = upstream_text(str(exc)) or "connection closed"
+        if exchange.status:  # it began an answer, then broke off before any of it was sent
+            exchange.cut_short("upstream", f"upstream broke off ({why})")
+            message = f"{exchange.provider or 'the provider'}: the upstream broke off its answer"
+        else:
+            exchange.ending = f"upstream {route.host} unreachable: {why}"
+            message = f"{admitted.name}: the upstream at {route.host} did not answer ({why})"
+        exchange.status = 502
+        hint = "check that the service is up and reachable from this machine (network, HTTPS_PROXY)"
+        admitted.connection.answer_error(UpstreamUnavailable(message, hint), status=502)
 
     def _upstream(self, base_url: str, configured: str | None) -> tuple[Route, str, str]:
         """Where ``base_url`` is reached: its route (through an HTTP proxy?), ``Host`` and path; looked up once.

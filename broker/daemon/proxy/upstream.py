@@ -270,11 +270,9 @@ class Pool:
 
     async def connection(self, route: Route) -> Upstream:
         """An idle connection on ``route``, or a new one; ``UpstreamBroke`` when it cannot be had."""
-        idle = self._idle.get(route)
-        while idle:
-            upstream = idle.pop()
-            if upstream.transport is not None and not upstream.transport.is_closing():
-                return upstream
+        upstream = self.idle(route)
+        if upstream is not None:
+            return upstream
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 return await self._open(route)
@@ -282,6 +280,15 @@ class Pool:
             raise UpstreamBroke("timed out") from None
         except OSError as exc:
             raise UpstreamBroke(str(exc.strerror or exc)) from None
+
+    def idle(self, route: Route) -> Upstream | None:
+        """An idle connection on ``route``, taken from the pool, if one is still open."""
+        idle = self._idle.get(route)
+        while idle:
+            upstream = idle.pop()
+            if upstream.transport is not None and not upstream.transport.is_closing():
+                return upstream
+        return None
 
     def put(self, upstream: Upstream) -> None:
         idle = self._idle[upstream.route]

@@ -111,6 +111,11 @@ class Refresher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._scheduler.clear()
 
+    def held(self, key: CredentialKey, min_ttl: float) -> Credential | None:
+        """The credential in memory when it has ``min_ttl`` left; ``None`` when ``fresh`` has more to do."""
+        credential = self.credentials.get(key)
+        return credential if credential is not None and credential.remaining(self.clock.now()) >= min_ttl else None
+
     async def fresh(self, key: CredentialKey, min_ttl: float) -> Credential:
         """A credential with at least ``min_ttl`` seconds left, refreshing first if needed.
 
