@@ -26,7 +26,6 @@ that rotates every 25 minutes (Copilot) never reaches the tool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -34,10 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-from aiohttp import BasicAuth
-from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
-from yarl import URL
 
 from broker.core.config import DEFAULT_HEADER_TIMEOUT
 from broker.core.errors import BadRequest, BrokerError, Forbidden, Unauthorized, UpstreamUnavailable
@@ -48,6 +44,7 @@ from broker.daemon.callers import Peer
 from broker.daemon.log_throttle import Throttle
 from broker.daemon.metrics import ProxyMetrics
 from broker.daemon.proxy.connection import ClientConnection, ClientGone, TryAgain
+from broker.daemon.proxy.destinations import Destinations
 from broker.daemon.proxy.guard import Doorway, Guard, seats
 from broker.daemon.proxy.h1 import Head
 from broker.daemon.proxy.keys import presented_keys, query_without_key, same_key
@@ -129,7 +126,7 @@ class AuthProxy:
         self._starting = asyncio.Lock()
         self._refusals = Throttle()
         self._guard = Guard(seats(), header_timeout)
-        self._upstreams: dict[tuple[str, str | None], tuple[Route, str, str]] = {}
+        self._destinations = Destinations()
 
     @property
     def base_url(self) -> str:
@@ -334,7 +331,7 @@ class AuthProxy:
         if not base_url:
             name = admitted.name
             raise BadRequest(f"{name} has no base URL", f"set base_url under [providers.{name}] in the config")
-        route, host, base_path = self._upstream(str(base_url), getattr(provider, "proxy", None))
+        route, host, base_path = self._destinations.of(str(base_url), getattr(provider, "proxy", None))
         query = with_query(query_without_key(admitted.query, admitted.key), served.get("query") or {})
         headers = upstream_headers(admitted.headers, admitted.hop_by_hop, served, credential.access_token, admitted.key)
         target = f"{base_path}/{admitted.tail}{query}"
@@ -365,32 +362,6 @@ class AuthProxy:
         exchange.status = 502
         hint = "check that the service is up and reachable from this machine (network, HTTPS_PROXY)"
         admitted.connection.answer_error(UpstreamUnavailable(message, hint), status=502)
-
-    def _upstream(self, base_url: str, configured: str | None) -> tuple[Route, str, str]:
-        """Where ``base_url`` is reached: its route (through an HTTP proxy?), ``Host`` and path; looked up once.
-
-        The proxy comes from the provider's ``proxy``, else ``HTTP(S)_PROXY`` and ``NO_PROXY``
-        (aiohttp's reading of them), read once per upstream: the daemon's environment does not change.
-        """
-        cached = self._upstreams.get((base_url, configured))
-        if cached is None:
-            url = URL(base_url.rstrip("/"), encoded=True)
-            via: URL | None = None
-            auth: BasicAuth | None = None
-            if configured:
-                via = URL(configured)
-            else:
-                with contextlib.suppress(LookupError):
-                    via, auth = get_env_proxy_for_url(url)
-            if len(self._upstreams) > 256:
-                self._upstreams.clear()
-            route = Route.of(url, via, auth.encode() if auth is not None else None)
-            cached = self._upstreams[(base_url, configured)] = (
-                route,
-                url.host_port_subcomponent or "",
-                url.raw_path.rstrip("/"),
-            )
-        return cached
 
     def _done(self, exchange: Exchange) -> None:
         """The request's one log line and its metrics; once, whichever way it ended."""
