@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.daemon_fixture import TOKEN_PATH, get
 from bench.table import combined
@@ -24,8 +25,9 @@ from bench.table import combined
 HERE = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class Server:
+class Server(NamedTuple):
+    """A server under load: its name in the table, its process (for CPU time) and the socket it serves."""
+
     name: str
     pid: int
     socket_path: str
