@@ -36,12 +36,13 @@ from broker.core.sanitize import upstream_text
 
 INSTANCE = "https://gitlab.com"
 GATEWAY = "https://cloud.gitlab.com"
-ENDPOINT_KEYS = ("instance", "user", "direct_access", "agents_direct_access")
 ENDPOINT_PATHS = {
     "user": "/api/v4/user",
     "direct_access": "/api/v4/code_suggestions/direct_access",
     "agents_direct_access": "/api/v4/ai/third_party_agents/direct_access",
 }
+"""Each endpoint under the instance; ``endpoints.KEY`` in the config replaces one whole."""
+ENDPOINT_KEYS = ("instance", *ENDPOINT_PATHS)
 SCOPE_ADVICE = "a personal access token with the api scope (or ai_features)"
 WIRE = Wire(
     headers={"User-Agent": "gitlab-ai-provider/{gitlab_ai_provider}"},
