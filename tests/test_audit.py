@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.core.model import Credential
 from broker.daemon.audit import AuditTrail
-from broker.daemon.callers import Peer
+from broker.daemon.callers import Peer, Ucred
 from tests.conftest import DaemonProcess, acme_config
 from tests.fakes.clock import FakeClock
 from tests.fakes.oauth_server import FakeOAuthServer
@@ -115,7 +115,7 @@ async def test_the_audit_file_stays_bounded(tmp_path: Path):
     trail = AuditTrail(tmp_path / "audit.jsonl", FakeClock(), max_bytes=4096)
     for n in range(500):
         credential = Credential(provider="acme", account="alice", access_token=f"token-{n}")
-        trail.handed_out(Peer("socket", pid=os.getpid(), uid=os.getuid()), credential)
+        trail.handed_out(Peer("socket", Ucred(os.getpid(), os.getuid())), credential)
         if n % 10 == 0 and n < 300:  # then one burst of 200 entries, far over the bound
             await trail.flush()
     await trail.flush()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_ANCESTORS = 16
 MAX_ARGS = 8
@@ -110,18 +110,29 @@ class Caller:
         }
 
 
+class Ucred(NamedTuple):
+    """The pid and uid the kernel gives for a Unix socket's peer (``SO_PEERCRED``), fixed at connect()."""
+
+    pid: int
+    uid: int
+
+
 @dataclass
 class Peer:
     """The other end of one connection: what the kernel said at connect(), and, on demand, who that is."""
 
     via: str
     """``socket`` (the Unix socket) or ``proxy``."""
-    pid: int | None = None
-    uid: int | None = None
+    ucred: Ucred | None = None
+    """The Unix socket's peers; ``None`` where the kernel names none (the proxy's TCP peers)."""
     address: str | None = None
     """The proxy's peers: ``127.0.0.1:PORT`` (TCP tells no pid)."""
     audited: set[str] = field(default_factory=set)
     """Fingerprints of tokens this connection was handed that the audit already holds."""
+
+    @property
+    def pid(self) -> int | None:
+        return self.ucred.pid if self.ucred else None
 
     @cached_property
     def caller(self) -> Caller | None:

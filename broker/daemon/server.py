@@ -21,7 +21,7 @@ from aiohttp import web
 
 from broker.core.errors import BadRequest, BrokerError, DaemonUnavailable, Forbidden
 from broker.core.trust import Untrusted, ensure_private_dir, peer_credentials
-from broker.daemon.callers import Peer
+from broker.daemon.callers import Peer, Ucred
 from broker.daemon.log_throttle import Throttle
 
 log = logging.getLogger("broker.server")
@@ -55,7 +55,7 @@ def _read_peer(transport: asyncio.BaseTransport) -> Peer:
     if sock is None or sock.family != socket.AF_UNIX:
         return Peer("socket")
     pid, uid, _ = peer_credentials(sock)
-    return Peer("socket", pid=pid, uid=uid)
+    return Peer("socket", Ucred(pid, uid))
 
 
 def guarded_routes(routes: list[web.RouteDef]) -> list[web.RouteDef]:
@@ -76,7 +76,8 @@ def _guard(handler: Handler) -> Handler:
         No blanket timeout: the only wait that could last (a refresh in flight) is
         bounded where it happens (``Refresher.fresh``); the fast path pays nothing.
         """
-        uid = peer_of(request).uid
+        ucred = peer_of(request).ucred
+        uid = ucred.uid if ucred else None
         if uid != _OWN_UID:
             _refusals.log(log, logging.WARNING, "refused a peer with uid=%s", uid)
             return error_response(Forbidden("only the user who runs the daemon may use it"))
