@@ -40,6 +40,67 @@ ENVIRONMENT = (
     ("BROKER_STATE_DIR", "where the file store, its key and the refresh journal live"),
     ("NO_COLOR", "set to anything: no colour in human output"),
 )
+COMMAND_DESCRIPTIONS = {
+    "serve": (
+        "Run the daemon in the foreground: it serves the socket, keeps every credential fresh and\n"
+        "follows other CLIs' credential files. Needs no config file. Under systemd, see install-service."
+    ),
+    "login": (
+        "Sign in to a provider. The daemon runs the login (device code, browser, or a pasted token or\n"
+        "key) and keeps the credential; this command shows what to do and waits for the result.\n"
+        "Logging in again over a working login asks first on a terminal."
+    ),
+    "logout": "Forget a credential: the daemon deletes it.",
+    "token": (
+        "Print a fresh access token, for $(broker token NAME); refreshed first when less than a\n"
+        "minute (--min-ttl) is left. --json prints the token with its expiry, base URL and headers."
+    ),
+    "env": (
+        "Print the variables the provider's API style reads (OPENAI_API_KEY, ANTHROPIC_BASE_URL, ...)\n"
+        'as export lines, for: eval "$(broker env NAME)".'
+    ),
+    "exec": (
+        "Run COMMAND (default: your shell) with the provider's variables in its environment (never\n"
+        "in its argv), and every other provider's credential, base URL and header variable removed.\n"
+        "By default the command gets a key of its own on the auth proxy, valid while it runs, so\n"
+        "expiring tokens and rotated keys never stop it. It replaces this process, so its exit\n"
+        "status is the command's; a command that is not found exits 127, one that cannot run 126."
+    ),
+    "proxy-key": (
+        "Print the auth proxy's key, for clients that cannot run broker env --proxy; --rotate replaces\n"
+        "it, and the old key stops working at once (leases of broker exec keep working)."
+    ),
+    "refresh": (
+        "Refresh a credential now, whatever its expiry says (API keys and local servers have nothing to refresh)."
+    ),
+    "status": (
+        "Every credential and every followed CLI file: state, expiry, source, the default account\n"
+        "of each provider, and for each problem the command that fixes it. Exits 3 when a\n"
+        "login is required, 1 when something else needs you, 0 when all is well."
+    ),
+    "providers": "The providers the running daemon knows: API style, auth, state and how to log in.",
+    "audit": (
+        "Which process was handed which token (pid, program and its parents, systemd unit), and\n"
+        "every refresh, from the daemon's audit file. Tokens appear only as fingerprints."
+    ),
+    "doctor": (
+        "Check what broker needs: config, socket and its permissions, the daemon, the store and\n"
+        "keyring, followed CLI files, the proxy, the clock and the systemd units. Works while the\n"
+        "daemon is down; exits 1 when a check fails."
+    ),
+    "completion": (
+        "Print a completion script for bash, zsh or fish. Provider and account names come from\n"
+        "the daemon (the built-in names while it is down). For example:\n"
+        "  bash: echo 'source <(broker completion bash)' >> ~/.bashrc\n"
+        "  zsh:  echo 'source <(broker completion zsh)' >> ~/.zshrc\n"
+        "  fish: broker completion fish > ~/.config/fish/completions/broker.fish"
+    ),
+    "install-service": (
+        "Write broker.socket and broker.service into ~/.config/systemd/user for the broker you run\n"
+        "this with, and print the command that enables them. Never needs root."
+    ),
+}
+"""What ``broker COMMAND --help`` says first, by command; one missing here says its summary, as a sentence."""
 PROVIDER = "PROVIDER"
 """The metavar of every provider argument: completion offers provider names there."""
 ACCOUNT = "ACCOUNT"
@@ -81,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     global_options(inherited, inherited=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", help="what to do")
 
-    def command(name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
         return commands.add_parser(
             name,
             help=summary,
-            description=description or summary[0].upper() + summary[1:] + ".",
+            description=COMMAND_DESCRIPTIONS.get(name) or summary[0].upper() + summary[1:] + ".",
             parents=[inherited],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -101,24 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     default_account = "the account to use (default: the provider's default account, see: broker status)"
 
-    serve = command(
-        "serve",
-        "run the daemon in the foreground",
-        "Run the daemon in the foreground: it serves the socket, keeps every credential fresh and\n"
-        "follows other CLIs' credential files. Needs no config file. Under systemd, see install-service.",
-    )
+    serve = command("serve", "run the daemon in the foreground")
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="how much to log (default: the config's)"
     )
     serve.add_argument("--proxy-port", type=int, metavar="PORT", help="run the auth proxy on 127.0.0.1:PORT (0: any)")
 
-    login = command(
-        "login",
-        "sign in to a provider (the daemon runs the flow)",
-        "Sign in to a provider. The daemon runs the login (device code, browser, or a pasted token or\n"
-        "key) and keeps the credential; this command shows what to do and waits for the result.\n"
-        "Logging in again over a working login asks first on a terminal.",
-    )
+    login = command("login", "sign in to a provider (the daemon runs the flow)")
     provider_argument(login, "the provider to sign in to")
     account_option(login, "name this login (default: the account the provider reports)")
     login.add_argument("--flow", metavar="FLOW", help="a login flow the provider offers, e.g. pkce or device")
@@ -131,42 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--force", action="store_true", help="replace an existing login without asking")
     json_option(login, "print the daemon's login events, one JSON object a line")
 
-    logout = command("logout", "forget a provider's credential", "Forget a credential: the daemon deletes it.")
+    logout = command("logout", "forget a provider's credential")
     provider_argument(logout, "the provider to log out of")
     account_option(logout, "the account to forget (needed when the provider has several)")
     logout.add_argument("--all", action="store_true", help="forget every account of the provider")
 
-    token = command(
-        "token",
-        "print a fresh access token",
-        "Print a fresh access token, for $(broker token NAME); refreshed first when less than a\n"
-        "minute (--min-ttl) is left. --json prints the token with its expiry, base URL and headers.",
-    )
+    token = command("token", "print a fresh access token")
     provider_argument(token, "the provider whose token to print")
     account_option(token, default_account)
     token.add_argument("--min-ttl", type=float, metavar="SECONDS", help="refresh first if less is left (default 60)")
     json_option(token, "the whole answer: token, expiry, base_url, api, headers")
 
-    env = command(
-        "env",
-        "print export lines for the provider's API style",
-        "Print the variables the provider's API style reads (OPENAI_API_KEY, ANTHROPIC_BASE_URL, ...)\n"
-        'as export lines, for: eval "$(broker env NAME)".',
-    )
+    env = command("env", "print export lines for the provider's API style")
     provider_argument(env, "the provider whose variables to print")
     account_option(env, default_account)
     env.add_argument("--proxy", action="store_true", help="the auth proxy's base URL and key instead of the token")
     json_option(env, "print the variables as one JSON object")
 
-    run = command(
-        "exec",
-        "run a command (default: your shell) with the provider's variables set, and no others",
-        "Run COMMAND (default: your shell) with the provider's variables in its environment (never\n"
-        "in its argv), and every other provider's credential, base URL and header variable removed.\n"
-        "By default the command gets a key of its own on the auth proxy, valid while it runs, so\n"
-        "expiring tokens and rotated keys never stop it. It replaces this process, so its exit\n"
-        "status is the command's; a command that is not found exits 127, one that cannot run 126.",
-    )
+    run = command("exec", "run a command (default: your shell) with the provider's variables set, and no others")
     provider_argument(run, "the provider whose variables to set")
     account_option(run, default_account)
     via = run.add_mutually_exclusive_group()
@@ -176,79 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
         "argv", nargs="*", metavar="-- COMMAND", help="the command and its arguments, after -- (default: your shell)"
     )
 
-    proxy_key = command(
-        "proxy-key",
-        "print the auth proxy's key",
-        "Print the auth proxy's key, for clients that cannot run broker env --proxy; --rotate replaces\n"
-        "it, and the old key stops working at once (leases of broker exec keep working).",
-    )
+    proxy_key = command("proxy-key", "print the auth proxy's key")
     proxy_key.add_argument("--rotate", action="store_true", help="replace it: the old key stops working at once")
 
-    refresh = command(
-        "refresh",
-        "refresh a credential now",
-        "Refresh a credential now, whatever its expiry says (API keys and local servers have nothing to refresh).",
-    )
+    refresh = command("refresh", "refresh a credential now")
     provider_argument(refresh, "the provider to refresh")
     account_option(refresh, default_account)
     json_option(refresh, "print the account's new state as JSON")
 
-    status = command(
-        "status",
-        "every credential and followed file, what needs you and the fix",
-        "Every credential and every followed CLI file: state, expiry, source, the default account\n"
-        "of each provider, and for each problem the command that fixes it. Exits 3 when a\n"
-        "login is required, 1 when something else needs you, 0 when all is well.",
-    )
+    status = command("status", "every credential and followed file, what needs you and the fix")
     json_option(status, "the same as broker providers --json, with the store (one schema)")
 
-    providers = command(
-        "providers",
-        "the providers broker knows and how to log in",
-        "The providers the running daemon knows: API style, auth, state and how to log in.",
-    )
+    providers = command("providers", "the providers broker knows and how to log in")
     json_option(providers, "every provider as JSON, in the schema of broker status --json")
 
-    audit = command(
-        "audit",
-        "which process was handed which token, and every refresh",
-        "Which process was handed which token (pid, program and its parents, systemd unit), and\n"
-        "every refresh, from the daemon's audit file. Tokens appear only as fingerprints.",
-    )
+    audit = command("audit", "which process was handed which token, and every refresh")
     audit.add_argument("--provider", metavar=PROVIDER, help="only this provider")
     audit.add_argument("--since", metavar="AGE", help="only entries this recent: 90, 45s, 15m, 1h, 2d")
     audit.add_argument("--fingerprint", metavar="FP", help="only this token (sha256:... of the access token)")
     json_option(audit, "print the entries as JSON")
 
-    doctor = command(
-        "doctor",
-        "check the installation, with or without the daemon",
-        "Check what broker needs: config, socket and its permissions, the daemon, the store and\n"
-        "keyring, followed CLI files, the proxy, the clock and the systemd units. Works while the\n"
-        "daemon is down; exits 1 when a check fails.",
-    )
+    doctor = command("doctor", "check the installation, with or without the daemon")
     json_option(doctor, "print the checks as JSON")
 
-    completion = command(
-        "completion",
-        "print a shell completion script",
-        "Print a completion script for bash, zsh or fish. Provider and account names come from\n"
-        "the daemon (the built-in names while it is down). For example:\n"
-        "  bash: echo 'source <(broker completion bash)' >> ~/.bashrc\n"
-        "  zsh:  echo 'source <(broker completion zsh)' >> ~/.zshrc\n"
-        "  fish: broker completion fish > ~/.config/fish/completions/broker.fish",
-    )
+    completion = command("completion", "print a shell completion script")
     completion.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell to complete in")
 
     helper = command("help", "show the help of broker or of a command")
     helper.add_argument("topic", nargs="?", metavar="COMMAND", help="the command to explain")
 
-    service = command(
-        "install-service",
-        "write systemd user units for this installation",
-        "Write broker.socket and broker.service into ~/.config/systemd/user for the broker you run\n"
-        "this with, and print the command that enables them. Never needs root.",
-    )
+    service = command("install-service", "write systemd user units for this installation")
     service.add_argument("--uninstall", action="store_true", help="remove the units instead")
     return parser
 
