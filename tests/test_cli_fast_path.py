@@ -10,7 +10,7 @@ import contextlib
 import io
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from broker.cli.fast import fast_args
@@ -54,6 +54,7 @@ def test_whatever_the_fast_parser_accepts_argparse_reads_the_same(argv: list[str
 
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.sampled_from(WORDS), max_size=5))
+@example(["--min-ttl", "token", "--min-ttl=1"])  # a bad value followed by a good one: argparse refuses
 def test_token_forms_agree(rest: list[str]) -> None:
     check_agrees(["token", "codex", *rest])
 

@@ -44,32 +44,34 @@ def _read_token(words: list[str], found: dict[str, object]) -> bool:
             read = value if equals else _separate_value(words)
             if read is None:
                 return False
-            found[key] = read
+            if key == "min_ttl":  # argparse converts each one given: a bad one is an error, even if another follows
+                number = _number(read)
+                if number is None:
+                    return False
+                found[key] = number
+            else:
+                found[key] = read
         elif word.startswith("-") or len(positional) == 2:
             return False
         elif positional or word == "token":
             positional.append(word)
         else:
             return False
-    if len(positional) != 2 or not _min_ttl(found):
+    if len(positional) != 2:
         return False
     found.update(command="token", provider=positional[1])
+    found.setdefault("min_ttl", None)
     found.setdefault("json", False)
     found.setdefault("account", None)
     return True
 
 
-def _min_ttl(found: dict[str, object]) -> bool:
-    """``--min-ttl`` as a number, as argparse's ``type=float`` reads it; False when it is not one."""
-    given = found.get("min_ttl")
-    if given is None:
-        found["min_ttl"] = None
-        return True
+def _number(text: str) -> float | None:
+    """``--min-ttl``'s value as argparse's ``type=float`` reads it; None when it is not a number."""
     try:
-        found["min_ttl"] = float(str(given))
+        return float(text)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _separate_value(rest: list[str]) -> str | None:
