@@ -11,6 +11,7 @@ import pytest
 
 from broker.followed.cliprocs import running
 from broker.followed.codex import PROGRAMS, default_path
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -26,6 +27,8 @@ def codex_binary(short_tmp: Path) -> Path:
 def started(codex_binary: Path, short_tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
     home = short_tmp / "codex-home"
     process = subprocess.Popen([str(codex_binary), "30"], env={"CODEX_HOME": str(home), "HOME": str(short_tmp)})
+    # Popen may return (vfork) before the kernel has set the new program's name and environment.
+    wait_for(lambda: b"CODEX_HOME=" in Path(f"/proc/{process.pid}/environ").read_bytes())
     yield process
     process.kill()
     process.wait()
