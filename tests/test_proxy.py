@@ -37,6 +37,30 @@ def proxy_answer(daemon: DaemonProcess, provider: str) -> dict[str, Any]:
     return answer
 
 
+def streamed_chat(base_url: str, key: str) -> bytes:
+    """A streamed chat completion request to the proxy, as raw bytes."""
+    parts = urlsplit(base_url)
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    head = (
+        f"POST {parts.path}/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def read_then_hang_up(base_url: str, raw: bytes, until: bytes) -> bytes:
+    """``raw`` sent to the proxy, its answer read up to ``until``; then the client hangs up."""
+    parts = urlsplit(base_url)
+    received = b""
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as client:
+        client.sendall(raw)
+        while until not in received:
+            piece = client.recv(65536)
+            assert piece, f"the proxy closed the stream before {until!r}"
+            received += piece
+    return received
+
+
 def call(
     url: str, method: str = "POST", body: Any = CHAT, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -314,20 +338,8 @@ def test_a_client_hanging_up_mid_stream_cancels_the_upstream_request(daemon: Dae
         daemon.write_config(f'{PROXY}\n[providers.ollama]\nbase_url = "{llm.url}/v1"\n')
         daemon.start()
         answer = proxy_answer(daemon, "ollama")
-        parts = urlsplit(answer["base_url"])
-        body = json.dumps({**CHAT, "stream": True}).encode()
-        head = (
-            f"POST {parts.path}/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Authorization: Bearer {answer['access_token']}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        with socket.create_connection((parts.hostname, parts.port), timeout=30) as client:
-            client.sendall(head.encode() + body)
-            received = b""
-            while b"data: " not in received:
-                piece = client.recv(65536)
-                assert piece, "the proxy closed the stream before the first event"
-                received += piece
+        stream = streamed_chat(answer["base_url"], answer["access_token"])
+        received = read_then_hang_up(answer["base_url"], stream, b"data: ")
         assert llm.disconnected.wait(15), "the upstream request was not cancelled"
         assert llm.sent == 1 and llm.gate_timeouts == 0
         assert b" 200 OK" in received.split(b"\r\n", 1)[0]

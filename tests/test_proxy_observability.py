@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-from urllib.parse import urlsplit
 
 from tests.conftest import DaemonProcess
 from tests.fakes.llm_upstream import FakeLLM
 from tests.helpers import wait_for
-from tests.test_proxy import CHAT, KEY, PROXY, call, login_key, proxy_answer
+from tests.test_proxy import CHAT, KEY, PROXY, call, login_key, proxy_answer, read_then_hang_up, streamed_chat
 from tests.test_refresh_rotation import metrics_text
 
 
@@ -34,20 +32,7 @@ def serve_openai_through_the_proxy(daemon: DaemonProcess, llm: FakeLLM) -> None:
 
 def hang_up_after_last_event(base_url: str, key: str) -> bytes:
     """A streamed request whose client reads up to the last event, then hangs up before the stream ends."""
-    parts = urlsplit(base_url)
-    body = json.dumps({**CHAT, "stream": True}).encode()
-    head = (
-        f"POST {parts.path}/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    received = b""
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as client:
-        client.sendall(head.encode() + body)
-        while b"fake" not in received:  # the last piece's text: " fake"
-            piece = client.recv(65536)
-            assert piece, "the proxy closed the stream early"
-            received += piece
-    return received
+    return read_then_hang_up(base_url, streamed_chat(base_url, key), b"fake")  # the last piece's text: " fake"
 
 
 def test_a_client_hanging_up_after_the_last_event_gets_its_log_line_and_is_counted(daemon: DaemonProcess):

@@ -22,7 +22,17 @@ from tests.conftest import DaemonProcess
 from tests.fakes.llm_upstream import FakeLLM
 from tests.fakes.tls_intercept import InterceptingProxy, TestCA
 from tests.helpers import wait_for
-from tests.test_proxy import KEY, PROXY, Proxied, call, login_key, proxied, proxy_answer, shared_proxy
+from tests.test_proxy import (
+    KEY,
+    PROXY,
+    Proxied,
+    call,
+    login_key,
+    proxied,
+    proxy_answer,
+    read_then_hang_up,
+    shared_proxy,
+)
 from tests.test_proxy_observability import metrics
 
 ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices": []}).encode()
@@ -310,14 +320,7 @@ def test_a_client_hanging_up_mid_stream_drops_the_kept_upstream_connection_and_i
     open_stream = CUT  # its head and first event; the rest never comes
     upstream, answer = serving(lambda number, head: open_stream if number == 1 else COMPLETE)
     warm(answer)
-    parts = urlsplit(answer["base_url"])
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(chat(answer, headers="Content-Length: 2\r\n"))
-        received = b""
-        while b"data: " not in received:
-            piece = sock.recv(65536)
-            assert piece, "the proxy closed the stream before its first event"
-            received += piece
+    read_then_hang_up(answer["base_url"], chat(answer, headers="Content-Length: 2\r\n"), b"data: ")
     assert upstream.dropped.wait(15), "the upstream connection outlived the client that hung up"
     wait_for(lambda: len(proxy_lines(daemon)) == 2)  # written as the request ends, after the upstream is dropped
     assert re.search(r"-> 200, \d+ bytes, \d+ ms, client hung up after \d+ bytes", proxy_lines(daemon)[-1])
